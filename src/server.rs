@@ -1,0 +1,1036 @@
+//! The ChatServer actor, one per node: the in-memory view of rooms, members
+//! and which local sessions are subscribed where, and the one place that puts
+//! committed events in order and fans them out.
+//!
+//! It never awaits I/O inside a handler: appends go to the event writer's
+//! queue, reads (history, replays, gap repairs) run as spawned futures whose
+//! results come back to the actor. It sends to sessions only with `try_send`
+//! into their bounded mailboxes; a session whose mailbox is full is evicted
+//! from its rooms and closes with 4000 (DESIGN.md invariant 7).
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use actix::prelude::*;
+use bytestring::ByteString;
+use tokio::sync::oneshot;
+
+use crate::bus::{BusHandle, PeerEvents, Resync};
+use crate::config::Config;
+use crate::metrics::Metrics;
+use crate::protocol::{
+    error_frame, Ack, Command, Event, EventKind, HistoryRange, MemberInfo, ProtoError, Ref, Reply,
+    RoomInfo, RoomName, Seq, UserId,
+};
+use crate::store::{AppendOp, AppendOutcome, AppendRequest, EventStore, Snapshot};
+use crate::writer::{AppendJob, Committed, WriterHandle};
+
+/// How long a node waits for a missing seq to arrive on the bus before it
+/// reads it from the store (peers' publishes may arrive out of commit order).
+const GAP_REPAIR_DELAY: Duration = Duration::from_millis(50);
+/// Most events one gap-repair read fetches.
+const GAP_REPAIR_PAGE: i64 = 1000;
+
+/// A local connection's id, unique for the life of the node.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct ConnId(pub u64);
+
+/// What the ChatServer sends a session.
+#[derive(Message, Clone)]
+#[rtype(result = "()")]
+pub enum Deliver {
+    /// One text frame.
+    Frame(ByteString),
+    /// The node is shutting down: close with 1001.
+    Shutdown,
+}
+
+/// A session opened: it gets a [`ConnId`].
+#[derive(Message)]
+#[rtype(result = "ConnId")]
+pub struct Connect {
+    pub addr: Recipient<Deliver>,
+    pub user: Option<UserId>,
+    /// Set by the server when the session is evicted; the session closes with 4000.
+    pub evicted: Arc<AtomicBool>,
+}
+
+/// A session closed.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct Disconnect {
+    pub conn: ConnId,
+}
+
+/// A session took its identity (for presence).
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct Identify {
+    pub conn: ConnId,
+    pub user: UserId,
+}
+
+/// A command from a session, already parsed and checked against its identity.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct Request {
+    pub conn: ConnId,
+    pub reference: Option<Ref>,
+    /// The connection's identity, present for every command that needs one.
+    pub user: Option<UserId>,
+    pub command: Command,
+}
+
+/// `GET /rooms`.
+#[derive(Message)]
+#[rtype(result = "Vec<RoomInfo>")]
+pub struct ListRooms;
+
+/// `POST /rooms/{room}/messages`.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct Post {
+    pub room: RoomName,
+    pub user: UserId,
+    pub text: String,
+    pub client_msg_id: Option<String>,
+    pub reply: oneshot::Sender<Result<(Event, bool), ProtoError>>,
+}
+
+/// Stop: close every socket with 1001 and stop taking commands.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct Shutdown;
+
+/// Who waits for an append.
+pub enum Origin {
+    Conn {
+        conn: ConnId,
+        reference: Option<Ref>,
+        since: Option<Seq>,
+    },
+    Http(oneshot::Sender<Result<(Event, bool), ProtoError>>),
+}
+
+struct Room {
+    /// The seq of the last event delivered to local subscribers.
+    last_seq: Seq,
+    members: HashSet<UserId>,
+    subscribers: HashSet<ConnId>,
+    /// Events that arrived ahead of `last_seq + 1`, waiting for the gap to fill.
+    pending: BTreeMap<Seq, (Event, Option<Origin>)>,
+    repairing: bool,
+}
+
+impl Room {
+    fn new(last_seq: Seq) -> Room {
+        Room {
+            last_seq,
+            members: HashSet::new(),
+            subscribers: HashSet::new(),
+            pending: BTreeMap::new(),
+            repairing: false,
+        }
+    }
+}
+
+/// A join with `since` whose replay is being read: live events past `upto`
+/// wait in `buffer` until the replay has been sent.
+struct Replay {
+    upto: Seq,
+    buffer: Vec<(Seq, ByteString)>,
+}
+
+struct Conn {
+    addr: Recipient<Deliver>,
+    user: Option<UserId>,
+    rooms: HashSet<RoomName>,
+    replays: HashMap<RoomName, Replay>,
+    evicted: Arc<AtomicBool>,
+}
+
+/// The per-node actor. See the module header.
+pub struct ChatServer {
+    config: Arc<Config>,
+    store: Arc<dyn EventStore>,
+    metrics: Arc<Metrics>,
+    writer: Option<WriterHandle>,
+    bus: Option<BusHandle>,
+    rooms: BTreeMap<RoomName, Room>,
+    conns: HashMap<ConnId, Conn>,
+    next_conn: u64,
+    /// Local connections per identified user.
+    online: HashMap<UserId, usize>,
+    shutting_down: bool,
+}
+
+impl ChatServer {
+    pub fn new(
+        config: Arc<Config>,
+        store: Arc<dyn EventStore>,
+        metrics: Arc<Metrics>,
+        snapshot: Snapshot,
+    ) -> ChatServer {
+        let mut rooms: BTreeMap<RoomName, Room> = snapshot
+            .rooms
+            .into_iter()
+            .map(|(name, last)| (name, Room::new(last)))
+            .collect();
+        for (room, user) in snapshot.members {
+            if let Some(r) = rooms.get_mut(&room) {
+                r.members.insert(user);
+            }
+        }
+        metrics.rooms.set(rooms.len() as i64);
+        ChatServer {
+            config,
+            store,
+            metrics,
+            writer: None,
+            bus: None,
+            rooms,
+            conns: HashMap::new(),
+            next_conn: 1,
+            online: HashMap::new(),
+            shutting_down: false,
+        }
+    }
+
+    /// Gives the server the writer's queue (the writer needs the server's address first).
+    pub fn set_writer(&mut self, writer: WriterHandle) {
+        self.writer = Some(writer);
+    }
+
+    pub fn set_bus(&mut self, bus: BusHandle) {
+        self.bus = Some(bus);
+    }
+
+    /// Queues one frame for a connection; evicts it when its mailbox is full.
+    fn send(&mut self, conn: ConnId, frame: ByteString) {
+        let Some(c) = self.conns.get(&conn) else { return };
+        if c.evicted.load(Ordering::Relaxed) {
+            return;
+        }
+        match c.addr.try_send(Deliver::Frame(frame)) {
+            Ok(()) => {}
+            Err(SendError::Full(_)) => self.evict(conn),
+            Err(SendError::Closed(_)) => self.unsubscribe_all(conn),
+        }
+    }
+
+    fn send_error(&mut self, conn: ConnId, reference: Option<&Ref>, err: &ProtoError, room: Option<&RoomName>) {
+        self.metrics.command_errors.inc();
+        let frame = error_frame(reference, err, room);
+        self.send(conn, frame);
+    }
+
+    fn send_ack(&mut self, conn: ConnId, ack: Ack<'_>) {
+        let frame = Reply::Ack(ack).to_frame();
+        self.send(conn, frame);
+    }
+
+    /// A slow consumer: out of every room, and its session closes with 4000.
+    fn evict(&mut self, conn: ConnId) {
+        if let Some(c) = self.conns.get(&conn) {
+            c.evicted.store(true, Ordering::Relaxed);
+            self.metrics.evictions.inc();
+            log::info!("evicting slow consumer {conn:?}");
+        }
+        self.unsubscribe_all(conn);
+    }
+
+    fn unsubscribe_all(&mut self, conn: ConnId) {
+        if let Some(c) = self.conns.get_mut(&conn) {
+            c.replays.clear();
+            for room in c.rooms.drain() {
+                if let Some(r) = self.rooms.get_mut(&room) {
+                    r.subscribers.remove(&conn);
+                }
+            }
+        }
+    }
+
+    fn subscribe(&mut self, conn: ConnId, room: &RoomName) -> bool {
+        let Some(c) = self.conns.get_mut(&conn) else { return false };
+        if c.evicted.load(Ordering::Relaxed) {
+            return false;
+        }
+        let Some(r) = self.rooms.get_mut(room) else { return false };
+        r.subscribers.insert(conn);
+        c.rooms.insert(room.clone());
+        true
+    }
+
+    fn unsubscribe(&mut self, conn: ConnId, room: &RoomName) {
+        if let Some(c) = self.conns.get_mut(&conn) {
+            c.rooms.remove(room);
+            c.replays.remove(room);
+        }
+        if let Some(r) = self.rooms.get_mut(room) {
+            r.subscribers.remove(&conn);
+        }
+    }
+
+    fn handle_request(&mut self, req: Request, ctx: &mut Context<Self>) {
+        let Request {
+            conn,
+            reference,
+            user,
+            command,
+        } = req;
+        if self.shutting_down {
+            self.send_error(conn, reference.as_ref(), &ProtoError::unavailable(), None);
+            return;
+        }
+        let user_required = || ProtoError::invalid_field("user_id is required");
+        match command {
+            Command::Create { room } => self.append(conn, reference, user, room, AppendOp::Create, None),
+            Command::Join { room, since } => {
+                self.append(conn, reference, user, room, AppendOp::Join, since)
+            }
+            Command::Leave { room } => self.append(conn, reference, user, room, AppendOp::Leave, None),
+            Command::Message {
+                room,
+                text,
+                client_msg_id,
+            } => {
+                let op = AppendOp::Message {
+                    text,
+                    client_msg_id,
+                };
+                self.append(conn, reference, user, room, op, None)
+            }
+            Command::History { room, range } => match user {
+                Some(user) => self.history(conn, reference, room, user, range, ctx),
+                None => self.send_error(conn, reference.as_ref(), &user_required(), Some(&room)),
+            },
+            Command::Rooms => {
+                let rooms = self.room_infos();
+                let frame = Reply::Rooms {
+                    reference: reference.as_ref(),
+                    rooms: &rooms,
+                }
+                .to_frame();
+                self.send(conn, frame);
+            }
+            Command::Members { room } => {
+                let Some(r) = self.rooms.get(&room) else {
+                    let err = ProtoError::no_such_room(&room);
+                    return self.send_error(conn, reference.as_ref(), &err, Some(&room));
+                };
+                let members: Vec<MemberInfo> = r
+                    .members
+                    .iter()
+                    .map(|u| MemberInfo {
+                        user_id: u.clone(),
+                        online: self.online.contains_key(u)
+                            || self.bus.as_ref().is_some_and(|b| b.is_online(u)),
+                    })
+                    .collect();
+                let frame = Reply::Members {
+                    reference: reference.as_ref(),
+                    room: &room,
+                    members: &members,
+                }
+                .to_frame();
+                self.send(conn, frame);
+            }
+            Command::Ping => {
+                let frame = Reply::Pong {
+                    reference: reference.as_ref(),
+                }
+                .to_frame();
+                self.send(conn, frame);
+            }
+        }
+    }
+
+    fn append(
+        &mut self,
+        conn: ConnId,
+        reference: Option<Ref>,
+        user: Option<UserId>,
+        room: RoomName,
+        op: AppendOp,
+        since: Option<Seq>,
+    ) {
+        // The session checks identity before it forwards a command.
+        let Some(user) = user else {
+            let err = ProtoError::invalid_field("user_id is required");
+            return self.send_error(conn, reference.as_ref(), &err, Some(&room));
+        };
+        self.queue_append(
+            AppendRequest { room, user, op },
+            Origin::Conn {
+                conn,
+                reference,
+                since,
+            },
+        );
+    }
+
+    /// Hands an append to the writer; `unavailable` when its queue is full.
+    fn queue_append(&mut self, request: AppendRequest, origin: Origin) {
+        let Some(writer) = &self.writer else {
+            return self.reply_error(origin, &request.room, ProtoError::unavailable());
+        };
+        if let Err(job) = writer.try_append(AppendJob { request, origin }) {
+            log::warn!("the writer's queue is full: refusing an append");
+            self.reply_error(job.origin, &job.request.room, ProtoError::unavailable());
+        }
+    }
+
+    fn reply_error(&mut self, origin: Origin, room: &RoomName, err: ProtoError) {
+        match origin {
+            Origin::Conn { conn, reference, .. } => {
+                self.send_error(conn, reference.as_ref(), &err, Some(room))
+            }
+            Origin::Http(tx) => {
+                let _ = tx.send(Err(err));
+            }
+        }
+    }
+
+    fn history(
+        &mut self,
+        conn: ConnId,
+        reference: Option<Ref>,
+        room: RoomName,
+        user: UserId,
+        range: HistoryRange,
+        ctx: &mut Context<Self>,
+    ) {
+        let store = self.store.clone();
+        let fut = async move {
+            match store.check_reader(&room, Some(&user)).await? {
+                Some(refusal) => Ok(Err(refusal.to_error(&room))),
+                None => Ok(Ok(store.events(&room, range).await?)),
+            }
+            .map(|r| (room, r))
+        };
+        ctx.spawn(fut.into_actor(self).map(move |res, act, _| match res {
+            Ok((room, Ok(page))) => {
+                let frame = Reply::History {
+                    reference: reference.as_ref(),
+                    room: &room,
+                    events: &page.events,
+                    more: page.more,
+                }
+                .to_frame();
+                act.send(conn, frame);
+            }
+            Ok((room, Err(err))) => act.send_error(conn, reference.as_ref(), &err, Some(&room)),
+            Err(e) => {
+                let e: crate::store::StoreError = e;
+                log::error!("history read failed: {e}");
+                act.metrics.store_errors.inc();
+                act.send_error(conn, reference.as_ref(), &ProtoError::unavailable(), None);
+            }
+        }));
+    }
+
+    fn room_infos(&self) -> Vec<RoomInfo> {
+        self.rooms
+            .iter()
+            .map(|(name, r)| RoomInfo {
+                name: name.clone(),
+                members: r.members.len(),
+                last_seq: r.last_seq,
+            })
+            .collect()
+    }
+
+    /// Takes one batch's outcomes, in commit order.
+    fn committed(&mut self, msg: Committed, ctx: &mut Context<Self>) {
+        let mut appended = Vec::new();
+        for (origin, request, outcome) in msg.jobs {
+            match outcome {
+                Err(err) => self.reply_error(origin, &request.room, err),
+                Ok(AppendOutcome::Refused(refusal)) => {
+                    let err = refusal.to_error(&request.room);
+                    self.reply_error(origin, &request.room, err)
+                }
+                Ok(AppendOutcome::Duplicate(event)) => self.finish(origin, &event, true, ctx),
+                Ok(AppendOutcome::AlreadyMember { last_seq }) => {
+                    self.rooms
+                        .entry(request.room.clone())
+                        .or_insert_with(|| Room::new(last_seq))
+                        .members
+                        .insert(request.user.clone());
+                    self.join_member(origin, &request.room, ctx)
+                }
+                Ok(AppendOutcome::Appended(event)) => {
+                    self.metrics.events_committed.inc();
+                    appended.push(event.clone());
+                    self.receive(event, Some(origin), ctx);
+                }
+            }
+        }
+        if let Some(bus) = &self.bus {
+            bus.publish(appended);
+        }
+    }
+
+    /// A join that added no event (the user was a member): subscribe, replay, ack.
+    fn join_member(&mut self, origin: Origin, room: &RoomName, ctx: &mut Context<Self>) {
+        let Origin::Conn {
+            conn,
+            reference,
+            since,
+        } = origin
+        else {
+            return;
+        };
+        let upto = self.rooms.get(room).map_or(0, |r| r.last_seq);
+        if !self.subscribe(conn, room) {
+            return;
+        }
+        match since {
+            Some(since) => self.start_replay(conn, reference, room, since, upto, ctx),
+            None => self.send_ack(
+                conn,
+                Ack {
+                    reference: reference.as_ref(),
+                    command: "join",
+                    room: Some(room),
+                    seq: Some(upto),
+                    ..Ack::default()
+                },
+            ),
+        }
+    }
+
+    /// Puts a committed event (ours or a peer's) in its room's order.
+    fn receive(&mut self, event: Event, origin: Option<Origin>, ctx: &mut Context<Self>) {
+        let created = event.kind == EventKind::Create;
+        self.rooms
+            .entry(event.room.clone())
+            .or_insert_with(|| Room::new(0));
+        if created {
+            self.metrics.rooms.set(self.rooms.len() as i64);
+        }
+        let Some(room) = self.rooms.get_mut(&event.room) else { return };
+        let next = room.last_seq + 1;
+        if event.seq < next {
+            // Delivered already (by a gap repair): only the origin still waits.
+            if let Some(origin) = origin {
+                self.finish_late(origin, &event, ctx);
+            }
+            return;
+        }
+        if event.seq > next {
+            room.pending.entry(event.seq).or_insert((event.clone(), None)).1 = origin;
+            self.schedule_repair(event.room.clone(), ctx);
+            return;
+        }
+        let name = event.room.clone();
+        self.deliver(event, origin, ctx);
+        // Drain what waited for this one.
+        loop {
+            let Some(room) = self.rooms.get_mut(&name) else { break };
+            let next = room.last_seq + 1;
+            match room.pending.first_key_value() {
+                Some((&seq, _)) if seq < next => {
+                    room.pending.pop_first();
+                }
+                Some((&seq, _)) if seq == next => {
+                    if let Some((_, (ev, origin))) = room.pending.pop_first() {
+                        self.deliver(ev, origin, ctx);
+                    }
+                }
+                _ => break,
+            }
+        }
+    }
+
+    /// Delivers the next event of a room: apply it, fan it out, answer its origin.
+    fn deliver(&mut self, event: Event, origin: Option<Origin>, ctx: &mut Context<Self>) {
+        let Some(room) = self.rooms.get_mut(&event.room) else { return };
+        room.last_seq = event.seq;
+        match event.kind {
+            EventKind::Create | EventKind::Join => {
+                room.members.insert(event.user_id.clone());
+            }
+            EventKind::Leave => {
+                room.members.remove(&event.user_id);
+            }
+            EventKind::Message => {}
+        }
+        // The creator's or joiner's connection is subscribed before the fan-out,
+        // so that it gets its own event before its ack.
+        let mut replay_from = None;
+        if let Some(Origin::Conn { conn, since, .. }) = &origin {
+            if matches!(event.kind, EventKind::Create | EventKind::Join) && self.subscribe(*conn, &event.room) {
+                if let (EventKind::Join, Some(since)) = (event.kind, since) {
+                    if let Some(c) = self.conns.get_mut(conn) {
+                        c.replays.insert(
+                            event.room.clone(),
+                            Replay {
+                                upto: event.seq,
+                                buffer: Vec::new(),
+                            },
+                        );
+                    }
+                    replay_from = Some(*since);
+                }
+            }
+        }
+        self.fan_out(&event);
+        if event.kind == EventKind::Leave {
+            self.unsubscribe_user(&event.room, &event.user_id);
+        }
+        match (origin, replay_from) {
+            (Some(Origin::Conn { conn, reference, .. }), Some(since)) => {
+                let upto = event.seq;
+                self.run_replay(conn, reference, event.room.clone(), since, upto, ctx);
+            }
+            (Some(origin), _) => self.finish(origin, &event, false, ctx),
+            (None, _) => {}
+        }
+    }
+
+    /// Sends one event to every local subscriber of its room, serialised once.
+    fn fan_out(&mut self, event: &Event) {
+        let Some(room) = self.rooms.get(&event.room) else { return };
+        if room.subscribers.is_empty() {
+            return;
+        }
+        let frame = event.to_frame();
+        let mut full = Vec::new();
+        let mut delivered = 0u64;
+        for id in &room.subscribers {
+            let Some(c) = self.conns.get_mut(id) else { continue };
+            if let Some(replay) = c.replays.get_mut(&event.room) {
+                if event.seq > replay.upto {
+                    replay.buffer.push((event.seq, frame.clone()));
+                    if replay.buffer.len() as i64 > self.config.replay_limit {
+                        full.push(*id);
+                    }
+                }
+                continue;
+            }
+            if c.evicted.load(Ordering::Relaxed) {
+                continue;
+            }
+            match c.addr.try_send(Deliver::Frame(frame.clone())) {
+                Ok(()) => delivered += 1,
+                Err(SendError::Full(_)) => full.push(*id),
+                Err(SendError::Closed(_)) => {}
+            }
+        }
+        self.metrics.deliveries.add(delivered);
+        for id in full {
+            self.evict(id);
+        }
+    }
+
+    /// After a leave, none of that user's local connections hears the room.
+    fn unsubscribe_user(&mut self, room: &RoomName, user: &UserId) {
+        let Some(r) = self.rooms.get(room) else { return };
+        let conns: Vec<ConnId> = r
+            .subscribers
+            .iter()
+            .filter(|id| self.conns.get(id).and_then(|c| c.user.as_ref()) == Some(user))
+            .copied()
+            .collect();
+        for conn in conns {
+            self.unsubscribe(conn, room);
+        }
+    }
+
+    /// Answers an append's origin once its event has been delivered.
+    fn finish(&mut self, origin: Origin, event: &Event, duplicate: bool, _ctx: &mut Context<Self>) {
+        match origin {
+            Origin::Conn { conn, reference, .. } => self.send_ack(
+                conn,
+                Ack {
+                    reference: reference.as_ref(),
+                    command: event.kind.as_str(),
+                    room: Some(&event.room),
+                    seq: Some(event.seq),
+                    id: Some(event.id),
+                    duplicate: duplicate.then_some(true),
+                    recovered: None,
+                },
+            ),
+            Origin::Http(tx) => {
+                let _ = tx.send(Ok((event.clone(), duplicate)));
+            }
+        }
+    }
+
+    /// Our own event was delivered by a gap repair before its commit reached
+    /// us: the origin's connection still gets it (if it subscribes now), then its ack.
+    fn finish_late(&mut self, origin: Origin, event: &Event, ctx: &mut Context<Self>) {
+        if let Origin::Conn { conn, since, reference } = &origin {
+            if matches!(event.kind, EventKind::Create | EventKind::Join) && self.subscribe(*conn, &event.room) {
+                if let Some(since) = since {
+                    let upto = self.rooms.get(&event.room).map_or(event.seq, |r| r.last_seq);
+                    return self.start_replay(*conn, reference.clone(), &event.room, *since, upto, ctx);
+                }
+                self.send(*conn, event.to_frame());
+            }
+        }
+        self.finish(origin, event, false, ctx);
+    }
+
+    /// Starts a replay for a subscribed connection: events `since < seq <= upto`
+    /// from the store, then whatever arrived meanwhile, then the ack.
+    fn start_replay(
+        &mut self,
+        conn: ConnId,
+        reference: Option<Ref>,
+        room: &RoomName,
+        since: Seq,
+        upto: Seq,
+        ctx: &mut Context<Self>,
+    ) {
+        if let Some(c) = self.conns.get_mut(&conn) {
+            c.replays.insert(
+                room.clone(),
+                Replay {
+                    upto,
+                    buffer: Vec::new(),
+                },
+            );
+        }
+        self.run_replay(conn, reference, room.clone(), since, upto, ctx);
+    }
+
+    fn run_replay(
+        &mut self,
+        conn: ConnId,
+        reference: Option<Ref>,
+        room: RoomName,
+        since: Seq,
+        upto: Seq,
+        ctx: &mut Context<Self>,
+    ) {
+        let missed = upto - since;
+        if missed <= 0 || missed > self.config.replay_limit {
+            // Nothing to send, too much to send, or a `since` from another
+            // epoch: live events start after the ack's seq.
+            let recovered = missed == 0;
+            return self.end_replay(conn, reference, &room, Vec::new(), recovered);
+        }
+        self.metrics.replays.inc();
+        let store = self.store.clone();
+        let range = HistoryRange {
+            since: Some(since),
+            before: Some(upto + 1),
+            limit: missed,
+        };
+        let fut = async move { store.events(&room, range).await.map(|p| (room, p)) };
+        ctx.spawn(fut.into_actor(self).map(move |res, act, _| match res {
+            Ok((room, page)) => {
+                if page.events.len() as i64 != missed {
+                    log::error!(
+                        "replay of {room} ({since}, {upto}] read {} events, expected {missed}",
+                        page.events.len()
+                    );
+                }
+                act.end_replay(conn, reference, &room, page.events, true);
+            }
+            Err(e) => {
+                log::error!("replay read failed: {e}");
+                act.metrics.store_errors.inc();
+                act.send_error(conn, reference.as_ref(), &ProtoError::unavailable(), None);
+                act.unsubscribe_all(conn);
+            }
+        }));
+    }
+
+    /// Sends the replayed events, then what was buffered, then the join's ack,
+    /// and turns the connection's subscription live.
+    fn end_replay(
+        &mut self,
+        conn: ConnId,
+        reference: Option<Ref>,
+        room: &RoomName,
+        events: Vec<Event>,
+        recovered: bool,
+    ) {
+        let Some(replay) = self.conns.get_mut(&conn).and_then(|c| c.replays.remove(room)) else {
+            // Left, evicted or gone meanwhile.
+            return;
+        };
+        let mut last = replay.upto;
+        self.metrics.replayed_events.add(events.len() as u64);
+        for ev in &events {
+            self.send(conn, ev.to_frame());
+        }
+        for (seq, frame) in replay.buffer {
+            last = seq;
+            self.send(conn, frame);
+        }
+        self.send_ack(
+            conn,
+            Ack {
+                reference: reference.as_ref(),
+                command: "join",
+                room: Some(room),
+                seq: Some(last),
+                recovered: Some(recovered),
+                ..Ack::default()
+            },
+        );
+    }
+
+    /// A room's seq jumped: wait briefly for the missing events, then read them.
+    fn schedule_repair(&mut self, room: RoomName, ctx: &mut Context<Self>) {
+        let Some(r) = self.rooms.get_mut(&room) else { return };
+        if r.repairing {
+            return;
+        }
+        r.repairing = true;
+        ctx.run_later(GAP_REPAIR_DELAY, move |act, ctx| act.repair(room, ctx));
+    }
+
+    fn repair(&mut self, room: RoomName, ctx: &mut Context<Self>) {
+        let Some(r) = self.rooms.get_mut(&room) else { return };
+        let since = r.last_seq;
+        let Some(&first_pending) = r.pending.keys().next() else {
+            r.repairing = false;
+            return;
+        };
+        if first_pending == since + 1 {
+            r.repairing = false;
+            return;
+        }
+        self.metrics.gap_repairs.inc();
+        let store = self.store.clone();
+        let range = HistoryRange {
+            since: Some(since),
+            before: Some(first_pending),
+            limit: (first_pending - since - 1).min(GAP_REPAIR_PAGE),
+        };
+        log::debug!("repairing {room} after seq {since} (next pending {first_pending})");
+        let fut = async move { store.events(&room, range).await.map(|p| (room, p)) };
+        ctx.spawn(fut.into_actor(self).map(|res, act, ctx| match res {
+            Ok((room, page)) => {
+                if let Some(r) = act.rooms.get_mut(&room) {
+                    r.repairing = false;
+                }
+                for ev in page.events {
+                    act.receive(ev, None, ctx);
+                }
+                let gap = act.rooms.get(&room).is_some_and(|r| {
+                    r.pending
+                        .keys()
+                        .next()
+                        .is_some_and(|&first| first > r.last_seq + 1)
+                });
+                if gap {
+                    act.schedule_repair(room, ctx);
+                }
+            }
+            Err(e) => {
+                log::error!("gap repair read failed: {e}; retrying");
+                act.metrics.store_errors.inc();
+                ctx.run_later(Duration::from_secs(1), |act, ctx| {
+                    let rooms: Vec<RoomName> = act
+                        .rooms
+                        .iter()
+                        .filter(|(_, r)| r.repairing)
+                        .map(|(n, _)| n.clone())
+                        .collect();
+                    for room in rooms {
+                        act.repair(room, ctx);
+                    }
+                });
+            }
+        }));
+    }
+
+    /// Reads every room this node serves from its last delivered seq (after
+    /// the bus reconnects, since pub/sub drops what was published meanwhile).
+    fn resync(&mut self, ctx: &mut Context<Self>) {
+        let store = self.store.clone();
+        let fut = async move { store.snapshot().await };
+        ctx.spawn(fut.into_actor(self).map(|res, act, ctx| match res {
+            Ok(snapshot) => act.apply_snapshot(snapshot, ctx),
+            Err(e) => {
+                log::error!("resync read failed: {e}; retrying in 1 s");
+                act.metrics.store_errors.inc();
+                ctx.run_later(Duration::from_secs(1), |act, ctx| act.resync(ctx));
+            }
+        }));
+    }
+
+    /// Rooms whose stored last seq is ahead of ours are repaired from the store.
+    fn apply_snapshot(&mut self, snapshot: Snapshot, ctx: &mut Context<Self>) {
+        for (name, last) in snapshot.rooms {
+            let room = self.rooms.entry(name.clone()).or_insert_with(|| Room::new(0));
+            if last > room.last_seq && !room.pending.contains_key(&(last + 1)) {
+                // A marker past the stored end makes the gap visible to `repair`.
+                room.pending.entry(last + 1).or_insert_with(|| {
+                    (
+                        Event {
+                            kind: EventKind::Message,
+                            room: name.clone(),
+                            seq: last + 1,
+                            id: 0,
+                            user_id: UserId::trusted(String::new()),
+                            message: None,
+                            client_msg_id: None,
+                            node: String::new(),
+                            at: chrono::Utc::now(),
+                        },
+                        None,
+                    )
+                });
+                self.schedule_repair(name, ctx);
+            }
+        }
+        self.metrics.rooms.set(self.rooms.len() as i64);
+    }
+}
+
+impl Actor for ChatServer {
+    type Context = Context<Self>;
+
+    fn started(&mut self, ctx: &mut Self::Context) {
+        // Every session holds one sender; this bounds what queues beyond them.
+        ctx.set_mailbox_capacity(4096);
+    }
+}
+
+impl Handler<Connect> for ChatServer {
+    type Result = MessageResult<Connect>;
+
+    fn handle(&mut self, msg: Connect, _: &mut Context<Self>) -> Self::Result {
+        let id = ConnId(self.next_conn);
+        self.next_conn += 1;
+        if let Some(user) = &msg.user {
+            *self.online.entry(user.clone()).or_default() += 1;
+            if let Some(bus) = &self.bus {
+                bus.online(user);
+            }
+        }
+        self.conns.insert(
+            id,
+            Conn {
+                addr: msg.addr,
+                user: msg.user,
+                rooms: HashSet::new(),
+                replays: HashMap::new(),
+                evicted: msg.evicted,
+            },
+        );
+        MessageResult(id)
+    }
+}
+
+impl Handler<Identify> for ChatServer {
+    type Result = ();
+
+    fn handle(&mut self, msg: Identify, _: &mut Context<Self>) {
+        let Some(c) = self.conns.get_mut(&msg.conn) else { return };
+        if c.user.is_none() {
+            c.user = Some(msg.user.clone());
+            *self.online.entry(msg.user.clone()).or_default() += 1;
+            if let Some(bus) = &self.bus {
+                bus.online(&msg.user);
+            }
+        }
+    }
+}
+
+impl Handler<Disconnect> for ChatServer {
+    type Result = ();
+
+    fn handle(&mut self, msg: Disconnect, _: &mut Context<Self>) {
+        self.unsubscribe_all(msg.conn);
+        let Some(c) = self.conns.remove(&msg.conn) else { return };
+        if let Some(user) = c.user {
+            if let Some(n) = self.online.get_mut(&user) {
+                *n -= 1;
+                if *n == 0 {
+                    self.online.remove(&user);
+                    if let Some(bus) = &self.bus {
+                        bus.offline(&user);
+                    }
+                }
+            }
+        }
+    }
+}
+
+impl Handler<Request> for ChatServer {
+    type Result = ();
+
+    fn handle(&mut self, msg: Request, ctx: &mut Context<Self>) {
+        self.handle_request(msg, ctx);
+    }
+}
+
+impl Handler<Committed> for ChatServer {
+    type Result = ();
+
+    fn handle(&mut self, msg: Committed, ctx: &mut Context<Self>) {
+        self.committed(msg, ctx);
+    }
+}
+
+impl Handler<PeerEvents> for ChatServer {
+    type Result = ();
+
+    fn handle(&mut self, msg: PeerEvents, ctx: &mut Context<Self>) {
+        for event in msg.events {
+            self.receive(event, None, ctx);
+        }
+    }
+}
+
+impl Handler<Resync> for ChatServer {
+    type Result = ();
+
+    fn handle(&mut self, _: Resync, ctx: &mut Context<Self>) {
+        self.resync(ctx);
+    }
+}
+
+impl Handler<ListRooms> for ChatServer {
+    type Result = MessageResult<ListRooms>;
+
+    fn handle(&mut self, _: ListRooms, _: &mut Context<Self>) -> Self::Result {
+        MessageResult(self.room_infos())
+    }
+}
+
+impl Handler<Post> for ChatServer {
+    type Result = ();
+
+    fn handle(&mut self, msg: Post, _: &mut Context<Self>) {
+        if self.shutting_down {
+            let _ = msg.reply.send(Err(ProtoError::unavailable()));
+            return;
+        }
+        self.queue_append(
+            AppendRequest {
+                room: msg.room,
+                user: msg.user,
+                op: AppendOp::Message {
+                    text: msg.text,
+                    client_msg_id: msg.client_msg_id,
+                },
+            },
+            Origin::Http(msg.reply),
+        );
+    }
+}
+
+impl Handler<Shutdown> for ChatServer {
+    type Result = ();
+
+    fn handle(&mut self, _: Shutdown, _: &mut Context<Self>) {
+        self.shutting_down = true;
+        // Dropping the writer's queue lets it finish what is queued and stop.
+        self.writer = None;
+        for c in self.conns.values() {
+            c.addr.do_send(Deliver::Shutdown);
+        }
+    }
+}

@@ -1,0 +1,298 @@
+//! The session actor, one per WebSocket: heartbeat and idle timeout, frame
+//! limits, parsing into a [`Command`], the connection's identity, the rate
+//! limit, and writing what the ChatServer sends.
+//!
+//! This is the only module that knows actix-web-actors (deprecated upstream;
+//! a move to actix-ws changes this file alone). It never touches the store.
+//! Its mailbox is bounded: the ChatServer `try_send`s into it and evicts the
+//! session when it is full, because the actor freezes while its client does
+//! not read (actix-web#2441); it then closes with 4000 when it runs again.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Instant;
+
+use actix::prelude::*;
+use actix_web::{web, HttpRequest, HttpResponse};
+use actix_web_actors::ws::{self, CloseCode, CloseReason, ProtocolError};
+
+use crate::protocol::{
+    error_frame, parse_command, Command, CommandLimits, ErrorCode, ProtoError, Reply, UserId,
+};
+use crate::server::{ChatServer, ConnId, Connect, Deliver, Disconnect, Identify, Request};
+use crate::NodeContext;
+
+/// Close code for a slow consumer (PROTOCOL.md, Closing).
+const CLOSE_SLOW_CONSUMER: u16 = 4000;
+
+/// `GET /ws`: upgrades to a WebSocket served by a [`WsSession`].
+pub async fn upgrade(
+    req: HttpRequest,
+    stream: web::Payload,
+    node: web::Data<NodeContext>,
+    query: web::Query<std::collections::HashMap<String, String>>,
+) -> actix_web::Result<HttpResponse> {
+    let user = match query.get("user_id") {
+        Some(u) => Some(UserId::parse(u).map_err(|e| {
+            actix_web::error::ErrorBadRequest(format!("invalid_field: {}", e.message))
+        })?),
+        None => None,
+    };
+    let session = WsSession::new(node.into_inner(), user);
+    let max = session.node.config.max_frame_bytes;
+    ws::WsResponseBuilder::new(session, &req, stream)
+        .frame_size(max)
+        .start()
+}
+
+/// Token bucket for the per-connection command rate.
+struct RateLimit {
+    tokens: f64,
+    refilled: Instant,
+    /// Commands refused in a row.
+    strikes: u32,
+}
+
+pub struct WsSession {
+    node: Arc<NodeContext>,
+    conn: Option<ConnId>,
+    user: Option<UserId>,
+    last_heard: Instant,
+    rate: RateLimit,
+    evicted: Arc<AtomicBool>,
+}
+
+impl WsSession {
+    fn new(node: Arc<NodeContext>, user: Option<UserId>) -> WsSession {
+        let burst = f64::from(node.config.rate_burst);
+        WsSession {
+            node,
+            conn: None,
+            user,
+            last_heard: Instant::now(),
+            rate: RateLimit {
+                tokens: burst,
+                refilled: Instant::now(),
+                strikes: 0,
+            },
+            evicted: Arc::new(AtomicBool::new(false)),
+        }
+    }
+
+    fn server(&self) -> &Addr<ChatServer> {
+        &self.node.server
+    }
+
+    /// Takes a token; false when the connection is over its rate.
+    fn take_token(&mut self) -> bool {
+        let now = Instant::now();
+        let cfg = &self.node.config;
+        let elapsed = now.duration_since(self.rate.refilled).as_secs_f64();
+        self.rate.refilled = now;
+        self.rate.tokens = (self.rate.tokens + elapsed * f64::from(cfg.rate_per_sec))
+            .min(f64::from(cfg.rate_burst));
+        if self.rate.tokens >= 1.0 {
+            self.rate.tokens -= 1.0;
+            self.rate.strikes = 0;
+            true
+        } else {
+            self.rate.strikes += 1;
+            false
+        }
+    }
+
+    fn hello(&self, ctx: &mut ws::WebsocketContext<Self>) {
+        let frame = Reply::Hello {
+            node: &self.node.config.node_id,
+            protocol: crate::protocol::PROTOCOL_VERSION,
+            epoch: self.node.store.epoch(),
+            user_id: self.user.as_ref(),
+            limits: &self.node.limits,
+        }
+        .to_frame();
+        ctx.text(frame);
+    }
+
+    fn heartbeat(&self, ctx: &mut ws::WebsocketContext<Self>) {
+        let timeout = self.node.config.client_timeout;
+        ctx.run_interval(self.node.config.heartbeat_interval, move |act, ctx| {
+            if act.last_heard.elapsed() > timeout {
+                log::debug!("closing idle connection {:?}", act.conn);
+                // No close frame: the peer sees 1006, as PROTOCOL.md says.
+                ctx.stop();
+                return;
+            }
+            ctx.ping(b"");
+        });
+    }
+
+    fn on_text(&mut self, text: &str, ctx: &mut ws::WebsocketContext<Self>) {
+        self.node.metrics.commands.inc();
+        let parsed = parse_command(
+            text,
+            CommandLimits {
+                max_message_chars: self.node.config.max_message_chars,
+            },
+        );
+        let reference = parsed.reference;
+        let fail = |ctx: &mut ws::WebsocketContext<Self>, err: ProtoError, metrics: &crate::metrics::Metrics| {
+            metrics.command_errors.inc();
+            ctx.text(error_frame(reference.as_ref(), &err, None));
+        };
+        if !self.take_token() {
+            self.node.metrics.rate_limited.inc();
+            if self.rate.strikes > self.node.config.rate_close_after {
+                ctx.close(Some(CloseReason {
+                    code: CloseCode::Policy,
+                    description: Some("rate limit exceeded".into()),
+                }));
+                ctx.stop();
+                return;
+            }
+            let err = ProtoError::new(
+                ErrorCode::RateLimited,
+                "too many commands; slow down or the connection will be closed",
+            );
+            return fail(ctx, err, &self.node.metrics);
+        }
+        if let Some(user) = parsed.user_id {
+            match &self.user {
+                None => {
+                    self.user = Some(user.clone());
+                    if let Some(conn) = self.conn {
+                        self.server().do_send(Identify { conn, user });
+                    }
+                }
+                Some(current) if *current != user => {
+                    let err = ProtoError::new(
+                        ErrorCode::UserMismatch,
+                        format!("this connection speaks for user {current}"),
+                    );
+                    return fail(ctx, err, &self.node.metrics);
+                }
+                Some(_) => {}
+            }
+        }
+        let command: Command = match parsed.command {
+            Ok(c) => c,
+            Err(err) => return fail(ctx, err, &self.node.metrics),
+        };
+        if command.needs_user() && self.user.is_none() {
+            let err = ProtoError::invalid_field(
+                "user_id is required (in the command, or as ?user_id= when connecting)",
+            );
+            return fail(ctx, err, &self.node.metrics);
+        }
+        let Some(conn) = self.conn else {
+            // Unreachable: registration blocks the context until it is done.
+            return fail(ctx, ProtoError::internal(), &self.node.metrics);
+        };
+        let request = Request {
+            conn,
+            reference: reference.clone(),
+            user: self.user.clone(),
+            command,
+        };
+        match self.server().try_send(request) {
+            Ok(()) => {}
+            Err(SendError::Full(_)) => fail(ctx, ProtoError::unavailable(), &self.node.metrics),
+            Err(SendError::Closed(_)) => ctx.stop(),
+        }
+    }
+}
+
+impl Actor for WsSession {
+    type Context = ws::WebsocketContext<Self>;
+
+    fn started(&mut self, ctx: &mut Self::Context) {
+        ctx.set_mailbox_capacity(self.node.config.session_mailbox);
+        self.node.metrics.connections.inc();
+        self.node.metrics.connections_total.inc();
+        self.hello(ctx);
+        self.heartbeat(ctx);
+        let connect = Connect {
+            addr: ctx.address().recipient(),
+            user: self.user.clone(),
+            evicted: self.evicted.clone(),
+        };
+        self.server()
+            .send(connect)
+            .into_actor(self)
+            .then(|res, act, ctx| {
+                match res {
+                    Ok(id) => act.conn = Some(id),
+                    Err(_) => ctx.stop(),
+                }
+                fut::ready(())
+            })
+            .wait(ctx);
+    }
+
+    fn stopped(&mut self, _: &mut Self::Context) {
+        self.node.metrics.connections.dec();
+        if let Some(conn) = self.conn {
+            self.server().do_send(Disconnect { conn });
+        }
+    }
+}
+
+impl Handler<Deliver> for WsSession {
+    type Result = ();
+
+    fn handle(&mut self, msg: Deliver, ctx: &mut Self::Context) {
+        if self.evicted.load(Ordering::Relaxed) {
+            ctx.close(Some(CloseReason {
+                code: CloseCode::Other(CLOSE_SLOW_CONSUMER),
+                description: Some("slow consumer: resume with since".into()),
+            }));
+            ctx.stop();
+            return;
+        }
+        match msg {
+            Deliver::Frame(frame) => ctx.text(frame),
+            Deliver::Shutdown => {
+                ctx.close(Some(CloseReason {
+                    code: CloseCode::Away,
+                    description: Some("node shutting down: reconnect and resume with since".into()),
+                }));
+                ctx.stop();
+            }
+        }
+    }
+}
+
+impl StreamHandler<Result<ws::Message, ProtocolError>> for WsSession {
+    fn handle(&mut self, msg: Result<ws::Message, ProtocolError>, ctx: &mut Self::Context) {
+        self.last_heard = Instant::now();
+        match msg {
+            Ok(ws::Message::Text(text)) => self.on_text(&text, ctx),
+            Ok(ws::Message::Binary(_)) | Ok(ws::Message::Continuation(_)) => {
+                let err = ProtoError::new(
+                    ErrorCode::UnsupportedFrame,
+                    "only text frames (one JSON object each, unfragmented) are accepted",
+                );
+                ctx.text(error_frame(None, &err, None));
+            }
+            Ok(ws::Message::Ping(data)) => ctx.pong(&data),
+            Ok(ws::Message::Pong(_)) | Ok(ws::Message::Nop) => {}
+            Ok(ws::Message::Close(reason)) => {
+                ctx.close(reason);
+                ctx.stop();
+            }
+            Err(ProtocolError::Overflow) => {
+                ctx.close(Some(CloseReason {
+                    code: CloseCode::Size,
+                    description: Some(format!(
+                        "frame over {} bytes",
+                        self.node.config.max_frame_bytes
+                    )),
+                }));
+                ctx.stop();
+            }
+            Err(e) => {
+                log::debug!("websocket protocol error on {:?}: {e}", self.conn);
+                ctx.stop();
+            }
+        }
+    }
+}
