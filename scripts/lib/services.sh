@@ -87,16 +87,16 @@ ensure_packages() {
             made_policy=1
         fi
         local rc=0
-        DEBIAN_FRONTEND=noninteractive apt-get update -qq || rc=$?
-        if ((rc == 0)); then
-            # nginx-light is a transitional package in newer releases.
-            if [[ " ${missing[*]} " == *" nginx-light "* ]] &&
-                ! apt-cache show nginx-light >/dev/null 2>&1; then
-                missing=("${missing[@]/nginx-light/nginx}")
-            fi
-            DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
-                "${missing[@]}" >/dev/null || rc=$?
+        # A failing third-party source should not stop the install: try it.
+        DEBIAN_FRONTEND=noninteractive apt-get update -qq ||
+            _svc_log "apt-get update failed; trying the install anyway"
+        # nginx-light may be missing from newer releases: take nginx then.
+        if [[ " ${missing[*]} " == *" nginx-light "* ]] &&
+            ! apt-cache show nginx-light >/dev/null 2>&1; then
+            missing=("${missing[@]/nginx-light/nginx}")
         fi
+        DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
+            "${missing[@]}" >/dev/null || rc=$?
         if [[ -n $made_policy ]]; then
             rm -f "$policy"
         fi

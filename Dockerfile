@@ -1,0 +1,36 @@
+# syntax=docker/dockerfile:1
+# Confab server image: build with the Rust toolchain, run on a slim Debian.
+# The build stage is pinned to bookworm so that the binary's glibc matches
+# the runtime image.
+
+FROM rust:1.95-bookworm AS build
+WORKDIR /src
+COPY . .
+# Cache mounts keep the registry and target/ between builds (BuildKit); the
+# binary is copied out of the cached target/ in the same step.
+RUN --mount=type=cache,target=/usr/local/cargo/registry \
+    --mount=type=cache,target=/src/target \
+    cargo build --release --locked --bin confab \
+    && install -m 0755 target/release/confab /usr/local/bin/confab
+
+FROM debian:bookworm-slim
+RUN apt-get update \
+    && apt-get install -y --no-install-recommends ca-certificates curl \
+    && rm -rf /var/lib/apt/lists/* \
+    && useradd --system --uid 10001 --home-dir /var/lib/confab --create-home confab
+COPY --from=build /usr/local/bin/confab /usr/local/bin/confab
+USER confab
+WORKDIR /var/lib/confab
+# Without DATABASE_URL and REDIS_URL the node runs alone on SQLite; mount a
+# volume on /var/lib/confab to keep its data.
+ENV HOST=0.0.0.0 \
+    PORT=8080 \
+    SQLITE_PATH=/var/lib/confab/confab.db \
+    RUST_LOG=info
+EXPOSE 8080
+# SIGTERM: the node stops accepting, commits what is queued, closes sockets
+# with 1001 and exits.
+STOPSIGNAL SIGTERM
+HEALTHCHECK --interval=5s --timeout=3s --start-period=10s --retries=5 \
+    CMD curl -fsS http://127.0.0.1:8080/health >/dev/null || exit 1
+CMD ["confab"]

@@ -1,0 +1,425 @@
+//! The test harness: real `confab` processes on free ports, each with its own
+//! SQLite file or its own PostgreSQL database, and WebSocket and HTTP clients
+//! that wait for frames with a timeout.
+//!
+//! PostgreSQL and Redis are the ones `scripts/test` starts; a test that needs
+//! one and cannot find it fails and says how to start it.
+
+#![allow(dead_code)] // each test binary uses a different part of the harness
+
+use std::collections::HashMap;
+use std::io::{BufRead, BufReader};
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use futures_util::{SinkExt, StreamExt};
+use serde_json::{json, Value};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
+use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
+
+/// How long a test waits for one frame before it fails.
+pub const FRAME_TIMEOUT: Duration = Duration::from_secs(10);
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Backend {
+    Sqlite,
+    Postgres,
+}
+
+/// Runs the listed async test functions (each `async fn(Backend)`) once on
+/// SQLite and once on PostgreSQL.
+#[macro_export]
+macro_rules! on_both_stores {
+    ($($name:ident),* $(,)?) => {
+        mod sqlite {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $name() {
+                    super::$name(super::common::Backend::Sqlite).await
+                }
+            )*
+        }
+        mod postgres {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $name() {
+                    super::$name(super::common::Backend::Postgres).await
+                }
+            )*
+        }
+    };
+}
+
+fn unique(prefix: &str) -> String {
+    let n: u64 = rand::random();
+    format!("{prefix}_{}_{:x}", std::process::id(), n & 0xffff_ffff)
+}
+
+fn pg_admin_url() -> String {
+    std::env::var("CONFAB_TEST_PG_URL").unwrap_or_else(|_| {
+        panic!(
+            "CONFAB_TEST_PG_URL is not set: these tests need PostgreSQL. Run them with \
+             scripts/test, which starts a private PostgreSQL and sets it"
+        )
+    })
+}
+
+pub fn redis_url() -> String {
+    std::env::var("CONFAB_TEST_REDIS_URL").unwrap_or_else(|_| {
+        panic!(
+            "CONFAB_TEST_REDIS_URL is not set: these tests need Redis. Run them with \
+             scripts/test, which starts a private Redis and sets it"
+        )
+    })
+}
+
+/// A fresh, empty PostgreSQL database; returns its URL.
+pub async fn create_database() -> String {
+    let admin = pg_admin_url();
+    let (client, conn) = tokio_postgres::connect(&admin, tokio_postgres::NoTls)
+        .await
+        .unwrap_or_else(|e| {
+            panic!(
+                "cannot reach PostgreSQL at CONFAB_TEST_PG_URL={admin}: {e}. \
+                 Start it with scripts/test"
+            )
+        });
+    tokio::spawn(conn);
+    let name = unique("confab_test");
+    client
+        .batch_execute(&format!("CREATE DATABASE {name}"))
+        .await
+        .expect("CREATE DATABASE");
+    match admin.rsplit_once('/') {
+        Some((base, _)) => format!("{base}/{name}"),
+        None => panic!("CONFAB_TEST_PG_URL has no database part: {admin}"),
+    }
+}
+
+/// Where a node keeps its events.
+#[derive(Clone)]
+pub struct StoreEnv {
+    pub vars: Vec<(String, String)>,
+    _dir: Arc<tempfile::TempDir>,
+}
+
+impl StoreEnv {
+    pub async fn new(backend: Backend) -> StoreEnv {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let vars = match backend {
+            Backend::Sqlite => vec![(
+                "SQLITE_PATH".to_string(),
+                dir.path().join("confab.db").display().to_string(),
+            )],
+            Backend::Postgres => vec![("DATABASE_URL".to_string(), create_database().await)],
+        };
+        StoreEnv {
+            vars,
+            _dir: Arc::new(dir),
+        }
+    }
+
+    /// Opens the same store from the test, to look at what is stored.
+    pub async fn open(&self) -> Arc<dyn confab::store::EventStore> {
+        let vars: HashMap<String, String> = self.vars.iter().cloned().collect();
+        let config = confab::config::Config::from_vars(vars).expect("config");
+        confab::store::open(&config.store).await.expect("open store")
+    }
+}
+
+/// A running `confab` process.
+pub struct TestNode {
+    pub addr: String,
+    pub store: StoreEnv,
+    pub env: Vec<(String, String)>,
+    child: Child,
+    log: Arc<Mutex<Vec<String>>>,
+}
+
+impl TestNode {
+    /// A node on a new, empty store.
+    pub async fn start(backend: Backend) -> TestNode {
+        TestNode::start_with(backend, &[]).await
+    }
+
+    pub async fn start_with(backend: Backend, env: &[(&str, &str)]) -> TestNode {
+        let store = StoreEnv::new(backend).await;
+        let env = env
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        TestNode::spawn(store, env).await
+    }
+
+    /// A node on an existing store, with extra environment.
+    pub async fn spawn(store: StoreEnv, env: Vec<(String, String)>) -> TestNode {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_confab"));
+        cmd.env_clear()
+            .env("HOST", "127.0.0.1")
+            .env("PORT", "0")
+            .env("RUST_LOG", "info")
+            .env("WORKERS", "2")
+            .env("RATE_LIMIT_PER_SEC", "100000")
+            .env("RATE_LIMIT_BURST", "100000")
+            .envs(store.vars.iter().cloned())
+            .envs(env.iter().cloned())
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped());
+        let mut child = cmd.spawn().expect("spawn confab");
+        let stderr = child.stderr.take().expect("stderr");
+        let log = Arc::new(Mutex::new(Vec::new()));
+        let (tx, rx) = std::sync::mpsc::channel();
+        {
+            let log = log.clone();
+            std::thread::spawn(move || {
+                let mut tx = Some(tx);
+                for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                    if let Some(addr) = line.split("confab listening on http://").nth(1) {
+                        if let Some(tx) = tx.take() {
+                            let _ = tx.send(addr.trim().to_string());
+                        }
+                    }
+                    if let Ok(mut l) = log.lock() {
+                        l.push(line);
+                    }
+                }
+            });
+        }
+        let addr = tokio::task::spawn_blocking(move || rx.recv_timeout(Duration::from_secs(30)))
+            .await
+            .expect("join");
+        match addr {
+            Ok(addr) => TestNode {
+                addr,
+                store,
+                env,
+                child,
+                log,
+            },
+            Err(_) => {
+                let _ = child.kill();
+                let lines = log.lock().map(|l| l.join("\n")).unwrap_or_default();
+                panic!("confab did not start within 30 s; its log:\n{lines}");
+            }
+        }
+    }
+
+    pub fn ws_url(&self) -> String {
+        format!("ws://{}/ws", self.addr)
+    }
+
+    pub async fn client(&self) -> Client {
+        Client::connect(&self.ws_url()).await
+    }
+
+    pub async fn http(&self, method: &str, path: &str, body: Option<&Value>) -> (u16, String) {
+        http(&self.addr, method, path, body).await
+    }
+
+    /// SIGKILL: the process gets no chance to clean up.
+    pub fn kill9(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    /// SIGTERM, then waits for the process to exit.
+    pub fn terminate(&mut self) -> std::process::ExitStatus {
+        let _ = Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status();
+        for _ in 0..300 {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                return status;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let _ = self.child.kill();
+        panic!("confab did not exit within 15 s of SIGTERM");
+    }
+
+    /// Starts a new process on the same store and environment.
+    pub async fn restart(&self) -> TestNode {
+        TestNode::spawn(self.store.clone(), self.env.clone()).await
+    }
+
+    pub fn log_lines(&self) -> Vec<String> {
+        self.log.lock().map(|l| l.clone()).unwrap_or_default()
+    }
+}
+
+impl Drop for TestNode {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        if std::thread::panicking() {
+            let lines = self.log_lines();
+            let start = lines.len().saturating_sub(40);
+            eprintln!("--- last log lines of node {} ---", self.addr);
+            for l in &lines[start..] {
+                eprintln!("{l}");
+            }
+        }
+    }
+}
+
+/// A minimal HTTP/1.1 client: one request per connection.
+pub async fn http(addr: &str, method: &str, path: &str, body: Option<&Value>) -> (u16, String) {
+    let mut stream = TcpStream::connect(addr).await.expect("connect http");
+    let body = body.map(|b| b.to_string()).unwrap_or_default();
+    let req = format!(
+        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\
+         Content-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
+    );
+    stream.write_all(req.as_bytes()).await.expect("write http");
+    let mut raw = Vec::new();
+    tokio::time::timeout(FRAME_TIMEOUT, stream.read_to_end(&mut raw))
+        .await
+        .expect("http response in time")
+        .expect("read http");
+    let text = String::from_utf8_lossy(&raw).to_string();
+    let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
+    let status = head
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| panic!("bad http response: {text}"));
+    (status, body.to_string())
+}
+
+/// A WebSocket client speaking the protocol.
+pub struct Client {
+    ws: WebSocketStream<MaybeTlsStream<TcpStream>>,
+    pub hello: Value,
+    next_ref: u64,
+}
+
+impl Client {
+    pub async fn connect(url: &str) -> Client {
+        let (ws, _) = tokio::time::timeout(FRAME_TIMEOUT, tokio_tungstenite::connect_async(url))
+            .await
+            .expect("connect in time")
+            .unwrap_or_else(|e| panic!("connect {url}: {e}"));
+        let mut c = Client {
+            ws,
+            hello: Value::Null,
+            next_ref: 0,
+        };
+        c.hello = c.recv().await;
+        assert_eq!(c.hello["type"], "hello", "first frame: {}", c.hello);
+        c
+    }
+
+    pub async fn send(&mut self, v: Value) {
+        self.send_text(v.to_string()).await;
+    }
+
+    pub async fn send_text(&mut self, s: String) {
+        self.ws.send(Message::text(s)).await.expect("send");
+    }
+
+    pub async fn send_binary(&mut self, b: Vec<u8>) {
+        self.ws.send(Message::binary(b)).await.expect("send");
+    }
+
+    /// The next text frame, or panics after [`FRAME_TIMEOUT`].
+    pub async fn recv(&mut self) -> Value {
+        match self.try_recv(FRAME_TIMEOUT).await {
+            Some(v) => v,
+            None => panic!("no frame within {FRAME_TIMEOUT:?}"),
+        }
+    }
+
+    /// The next text frame, or None if none comes within `wait`.
+    pub async fn try_recv(&mut self, wait: Duration) -> Option<Value> {
+        let deadline = tokio::time::Instant::now() + wait;
+        loop {
+            let msg = tokio::time::timeout_at(deadline, self.ws.next()).await.ok()?;
+            match msg {
+                Some(Ok(Message::Text(t))) => {
+                    return Some(serde_json::from_str(&t).expect("frame is JSON"))
+                }
+                Some(Ok(Message::Ping(_) | Message::Pong(_))) => continue,
+                Some(Ok(other)) => panic!("unexpected frame {other:?}"),
+                Some(Err(e)) => panic!("websocket error: {e}"),
+                None => panic!("connection closed"),
+            }
+        }
+    }
+
+    /// Reads until the server closes; returns the close code.
+    pub async fn closed(&mut self) -> Option<u16> {
+        loop {
+            let msg = tokio::time::timeout(FRAME_TIMEOUT * 3, self.ws.next())
+                .await
+                .expect("close in time");
+            match msg {
+                Some(Ok(Message::Close(frame))) => return frame.map(|f| u16::from(f.code)),
+                Some(Ok(_)) => continue,
+                Some(Err(_)) | None => return None,
+            }
+        }
+    }
+
+    /// Sends a command with a fresh ref and returns every frame up to and
+    /// including its reply (the ack, error or typed reply with that ref).
+    pub async fn cmd(&mut self, mut v: Value) -> Vec<Value> {
+        self.next_ref += 1;
+        let r = format!("r{}", self.next_ref);
+        v["ref"] = json!(r);
+        self.send(v).await;
+        let mut frames = Vec::new();
+        loop {
+            let f = self.recv().await;
+            let done = f["ref"] == json!(r);
+            frames.push(f);
+            if done {
+                return frames;
+            }
+        }
+    }
+
+    /// The reply to a command (the last frame of [`Client::cmd`]).
+    pub async fn reply(&mut self, v: Value) -> Value {
+        self.cmd(v).await.pop().expect("a reply")
+    }
+
+    /// The reply, which must be an ack.
+    pub async fn ok(&mut self, v: Value) -> Value {
+        let r = self.reply(v.clone()).await;
+        assert_eq!(r["type"], "ack", "{v} should be acked, got {r}");
+        r
+    }
+
+    /// The reply, which must be an error with `code`.
+    pub async fn err(&mut self, v: Value, code: &str) -> Value {
+        let r = self.reply(v.clone()).await;
+        assert_eq!(r["type"], "error", "{v} should fail with {code}, got {r}");
+        assert_eq!(r["code"], code, "{v}: {r}");
+        r
+    }
+
+    pub async fn close(mut self) {
+        let _ = self.ws.close(None).await;
+    }
+
+    pub fn into_inner(self) -> WebSocketStream<MaybeTlsStream<TcpStream>> {
+        self.ws
+    }
+}
+
+pub fn close_code(c: CloseCode) -> u16 {
+    u16::from(c)
+}
+
+/// Checks that `events` of one room are exactly seqs `from..=to` in order.
+pub fn assert_contiguous(events: &[Value], from: i64, to: i64) {
+    let seqs: Vec<i64> = events.iter().map(|e| e["seq"].as_i64().expect("seq")).collect();
+    let want: Vec<i64> = (from..=to).collect();
+    assert_eq!(seqs, want, "seqs should run {from}..={to} with no gap or duplicate");
+}
