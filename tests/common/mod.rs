@@ -17,7 +17,6 @@ use futures_util::{SinkExt, StreamExt};
 use serde_json::{json, Value};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
-use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
 
@@ -404,6 +403,24 @@ impl Client {
         r
     }
 
+    /// The next text frame, or the close code (None for a drop without one).
+    pub async fn try_recv_or_close(&mut self) -> Result<Value, Option<u16>> {
+        loop {
+            match self.ws.next().await {
+                Some(Ok(Message::Text(t))) => return Ok(serde_json::from_str(&t).expect("JSON")),
+                Some(Ok(Message::Close(f))) => return Err(f.map(|f| u16::from(f.code))),
+                Some(Ok(_)) => continue,
+                Some(Err(_)) | None => return Err(None),
+            }
+        }
+    }
+
+    /// Splits into a sender and a receiver that can run in separate tasks.
+    pub fn split(self) -> (ClientTx, ClientRx) {
+        let (tx, rx) = self.ws.split();
+        (ClientTx(tx), ClientRx(rx))
+    }
+
     pub async fn close(mut self) {
         let _ = self.ws.close(None).await;
     }
@@ -413,8 +430,33 @@ impl Client {
     }
 }
 
-pub fn close_code(c: CloseCode) -> u16 {
-    u16::from(c)
+type Ws = WebSocketStream<MaybeTlsStream<TcpStream>>;
+
+/// The sending half of a split [`Client`].
+pub struct ClientTx(futures_util::stream::SplitSink<Ws, Message>);
+
+impl ClientTx {
+    pub async fn send(&mut self, v: Value) {
+        self.0.send(Message::text(v.to_string())).await.expect("send");
+    }
+}
+
+/// The receiving half of a split [`Client`].
+pub struct ClientRx(futures_util::stream::SplitStream<Ws>);
+
+impl ClientRx {
+    pub async fn recv(&mut self) -> Value {
+        loop {
+            let msg = tokio::time::timeout(FRAME_TIMEOUT, self.0.next())
+                .await
+                .expect("a frame in time");
+            match msg {
+                Some(Ok(Message::Text(t))) => return serde_json::from_str(&t).expect("JSON"),
+                Some(Ok(Message::Ping(_) | Message::Pong(_))) => continue,
+                other => panic!("unexpected {other:?}"),
+            }
+        }
+    }
 }
 
 /// Checks that `events` of one room are exactly seqs `from..=to` in order.
@@ -422,4 +464,73 @@ pub fn assert_contiguous(events: &[Value], from: i64, to: i64) {
     let seqs: Vec<i64> = events.iter().map(|e| e["seq"].as_i64().expect("seq")).collect();
     let want: Vec<i64> = (from..=to).collect();
     assert_eq!(seqs, want, "seqs should run {from}..={to} with no gap or duplicate");
+}
+
+/// A TCP proxy a test can cut and restore, to take a service away from a
+/// node without stopping the shared service.
+pub struct CutProxy {
+    pub port: u16,
+    up: Arc<std::sync::atomic::AtomicBool>,
+    conns: Arc<Mutex<Vec<tokio::task::JoinHandle<()>>>>,
+    accept: tokio::task::JoinHandle<()>,
+}
+
+impl CutProxy {
+    pub async fn start(target: String) -> CutProxy {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind proxy");
+        let port = listener.local_addr().expect("addr").port();
+        let up = Arc::new(std::sync::atomic::AtomicBool::new(true));
+        let conns: Arc<Mutex<Vec<tokio::task::JoinHandle<()>>>> = Arc::default();
+        let accept = {
+            let (up, conns) = (up.clone(), conns.clone());
+            tokio::spawn(async move {
+                while let Ok((mut inbound, _)) = listener.accept().await {
+                    if !up.load(std::sync::atomic::Ordering::SeqCst) {
+                        drop(inbound);
+                        continue;
+                    }
+                    let target = target.clone();
+                    let task = tokio::spawn(async move {
+                        if let Ok(mut outbound) = TcpStream::connect(&target).await {
+                            let _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound).await;
+                        }
+                    });
+                    if let Ok(mut c) = conns.lock() {
+                        c.push(task);
+                    }
+                }
+            })
+        };
+        CutProxy { port, up, conns, accept }
+    }
+
+    /// Breaks every connection and refuses new ones.
+    pub fn cut(&self) {
+        self.up.store(false, std::sync::atomic::Ordering::SeqCst);
+        if let Ok(mut c) = self.conns.lock() {
+            for task in c.drain(..) {
+                task.abort();
+            }
+        }
+    }
+
+    pub fn restore(&self) {
+        self.up.store(true, std::sync::atomic::Ordering::SeqCst);
+    }
+}
+
+impl Drop for CutProxy {
+    fn drop(&mut self) {
+        self.cut();
+        self.accept.abort();
+    }
+}
+
+/// `postgres://user@host:port/db` → (`host:port`, a URL with `host_port` instead).
+pub fn reroute_url(url: &str, host_port: &str) -> (String, String) {
+    let (scheme, rest) = url.split_once("://").expect("url scheme");
+    let (auth, after) = rest.rsplit_once('@').map_or(("", rest), |(a, b)| (a, b));
+    let (target, path) = after.split_once('/').map_or((after, ""), |(t, p)| (t, p));
+    let at = if auth.is_empty() { String::new() } else { format!("{auth}@") };
+    (target.to_string(), format!("{scheme}://{at}{host_port}/{path}"))
 }
