@@ -93,9 +93,6 @@ fn error_response(err: &ProtoError, room: Option<&RoomName>) -> HttpResponse {
         .body(error_frame(None, err, room).to_string())
 }
 
-fn room_param(path: &web::Path<String>) -> Result<RoomName, HttpResponse> {
-    RoomName::parse(path.as_str()).map_err(|e| error_response(&e, None))
-}
 
 fn seq_param(query: &HashMap<String, String>, name: &str) -> Result<Option<i64>, ProtoError> {
     match query.get(name) {
@@ -114,9 +111,9 @@ async fn events(
     path: web::Path<String>,
     query: web::Query<HashMap<String, String>>,
 ) -> HttpResponse {
-    let room = match room_param(&path) {
+    let room = match RoomName::parse(path.as_str()) {
         Ok(r) => r,
-        Err(resp) => return resp,
+        Err(e) => return error_response(&e, None),
     };
     let range = (|| {
         let limit = seq_param(&query, "limit")?.unwrap_or(DEFAULT_HISTORY_LIMIT);
@@ -166,9 +163,9 @@ async fn post_message(
     path: web::Path<String>,
     body: web::Bytes,
 ) -> HttpResponse {
-    let room = match room_param(&path) {
+    let room = match RoomName::parse(path.as_str()) {
         Ok(r) => r,
-        Err(resp) => return resp,
+        Err(e) => return error_response(&e, None),
     };
     let post = match parse_post(&body, node.config.max_message_chars) {
         Ok(p) => p,

@@ -528,8 +528,7 @@ impl ChatServer {
         let name = event.room.clone();
         self.deliver(event, origin, ctx);
         // Drain what waited for this one.
-        loop {
-            let Some(room) = self.rooms.get_mut(&name) else { break };
+        while let Some(room) = self.rooms.get_mut(&name) {
             let next = room.last_seq + 1;
             match room.pending.first_key_value() {
                 Some((&seq, _)) if seq < next => {
