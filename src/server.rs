@@ -17,7 +17,7 @@ use actix::prelude::*;
 use bytestring::ByteString;
 use tokio::sync::oneshot;
 
-use crate::bus::{BusHandle, PeerEvents, Resync};
+use crate::bus::{BusHandle, PeerEvents, RemotePresence, Resync};
 use crate::config::Config;
 use crate::metrics::Metrics;
 use crate::protocol::{
@@ -99,6 +99,11 @@ pub struct Post {
     pub reply: oneshot::Sender<Result<(Event, bool), ProtoError>>,
 }
 
+/// The users connected to this node, for the presence task.
+#[derive(Message)]
+#[rtype(result = "Vec<UserId>")]
+pub struct LocalPresence;
+
 /// Stop: close every socket with 1001 and stop taking commands.
 #[derive(Message)]
 #[rtype(result = "()")]
@@ -121,6 +126,8 @@ struct Room {
     subscribers: HashSet<ConnId>,
     /// Events that arrived ahead of `last_seq + 1`, waiting for the gap to fill.
     pending: BTreeMap<Seq, (Event, Option<Origin>)>,
+    /// The highest seq known to be committed (from the bus or the store).
+    known: Seq,
     repairing: bool,
 }
 
@@ -131,6 +138,7 @@ impl Room {
             members: HashSet::new(),
             subscribers: HashSet::new(),
             pending: BTreeMap::new(),
+            known: last_seq,
             repairing: false,
         }
     }
@@ -141,6 +149,10 @@ impl Room {
 struct Replay {
     upto: Seq,
     buffer: Vec<(Seq, ByteString)>,
+    /// The client resumes from a seq this node has not delivered yet (it
+    /// lags the store): nothing to read, but events up to `upto` are skipped
+    /// and the ack waits until the room gets there.
+    waiting: bool,
 }
 
 struct Conn {
@@ -163,6 +175,10 @@ pub struct ChatServer {
     next_conn: u64,
     /// Local connections per identified user.
     online: HashMap<UserId, usize>,
+    /// Users connected to other nodes (from the bus's presence).
+    remote_online: HashSet<UserId>,
+    /// Resumes waiting for this node to catch up, per room.
+    waiting_replays: HashMap<RoomName, Vec<(ConnId, Option<Ref>, bool)>>,
     shutting_down: bool,
 }
 
@@ -194,6 +210,8 @@ impl ChatServer {
             conns: HashMap::new(),
             next_conn: 1,
             online: HashMap::new(),
+            remote_online: HashSet::new(),
+            waiting_replays: HashMap::new(),
             shutting_down: false,
         }
     }
@@ -325,8 +343,7 @@ impl ChatServer {
                     .iter()
                     .map(|u| MemberInfo {
                         user_id: u.clone(),
-                        online: self.online.contains_key(u)
-                            || self.bus.as_ref().is_some_and(|b| b.is_online(u)),
+                        online: self.online.contains_key(u) || self.remote_online.contains(u),
                     })
                     .collect();
                 let frame = Reply::Members {
@@ -454,12 +471,12 @@ impl ChatServer {
                 }
                 Ok(AppendOutcome::Duplicate(event)) => self.finish(origin, &event, true, ctx),
                 Ok(AppendOutcome::AlreadyMember { last_seq }) => {
-                    self.rooms
-                        .entry(request.room.clone())
-                        .or_insert_with(|| Room::new(last_seq))
-                        .members
-                        .insert(request.user.clone());
-                    self.join_member(origin, &request.room, ctx)
+                    if !self.rooms.contains_key(&request.room) {
+                        // A room this node has not heard of yet: catch up from the store.
+                        self.rooms.insert(request.room.clone(), Room::new(0));
+                        ctx.notify(Resync);
+                    }
+                    self.join_member(origin, &request.room, last_seq, ctx)
                 }
                 Ok(AppendOutcome::Appended(event)) => {
                     self.metrics.events_committed.inc();
@@ -474,7 +491,8 @@ impl ChatServer {
     }
 
     /// A join that added no event (the user was a member): subscribe, replay, ack.
-    fn join_member(&mut self, origin: Origin, room: &RoomName, ctx: &mut Context<Self>) {
+    /// `stored_last` is the room's last seq in the store, which this node may lag.
+    fn join_member(&mut self, origin: Origin, room: &RoomName, stored_last: Seq, ctx: &mut Context<Self>) {
         let Origin::Conn {
             conn,
             reference,
@@ -483,22 +501,72 @@ impl ChatServer {
         else {
             return;
         };
-        let upto = self.rooms.get(room).map_or(0, |r| r.last_seq);
+        let local = self.rooms.get(room).map_or(0, |r| r.last_seq);
         if !self.subscribe(conn, room) {
             return;
         }
-        match since {
-            Some(since) => self.start_replay(conn, reference, room, since, upto, ctx),
-            None => self.send_ack(
+        // A join without `since` on a node that lags the store starts where
+        // the store was, like a resume from there.
+        let resumed = since.is_some();
+        let resume = since.or((local < stored_last).then_some(stored_last));
+        match resume {
+            Some(since) if since > local && since <= stored_last => {
+                // This node has not delivered `since` yet: skip up to it, then ack.
+                if let Some(c) = self.conns.get_mut(&conn) {
+                    c.replays.insert(
+                        room.clone(),
+                        Replay {
+                            upto: since,
+                            buffer: Vec::new(),
+                            waiting: true,
+                        },
+                    );
+                }
+                self.waiting_replays
+                    .entry(room.clone())
+                    .or_default()
+                    .push((conn, reference, resumed));
+            }
+            Some(since) if resumed => self.start_replay(conn, reference, room, since, local, ctx),
+            _ => self.send_ack(
                 conn,
                 Ack {
                     reference: reference.as_ref(),
                     command: "join",
                     room: Some(room),
-                    seq: Some(upto),
+                    seq: Some(local),
                     ..Ack::default()
                 },
             ),
+        }
+    }
+
+    /// Acks the waiting resumes of a room that has caught up with them.
+    fn end_waiting_replays(&mut self, room: &RoomName) {
+        let Some(last) = self.rooms.get(room).map(|r| r.last_seq) else { return };
+        let Some(waiting) = self.waiting_replays.get_mut(room) else { return };
+        let mut ready = Vec::new();
+        waiting.retain(|(conn, reference, resumed)| {
+            let upto = self
+                .conns
+                .get(conn)
+                .and_then(|c| c.replays.get(room))
+                .filter(|r| r.waiting)
+                .map(|r| r.upto);
+            match upto {
+                Some(upto) if upto <= last => {
+                    ready.push((*conn, reference.clone(), *resumed));
+                    false
+                }
+                Some(_) => true,
+                None => false, // left, evicted or gone
+            }
+        });
+        if waiting.is_empty() {
+            self.waiting_replays.remove(room);
+        }
+        for (conn, reference, resumed) in ready {
+            self.end_replay(conn, reference, room, Vec::new(), resumed.then_some(true));
         }
     }
 
@@ -521,6 +589,7 @@ impl ChatServer {
             return;
         }
         if event.seq > next {
+            room.known = room.known.max(event.seq);
             room.pending.entry(event.seq).or_insert((event.clone(), None)).1 = origin;
             self.schedule_repair(event.room.clone(), ctx);
             return;
@@ -548,6 +617,7 @@ impl ChatServer {
     fn deliver(&mut self, event: Event, origin: Option<Origin>, ctx: &mut Context<Self>) {
         let Some(room) = self.rooms.get_mut(&event.room) else { return };
         room.last_seq = event.seq;
+        room.known = room.known.max(event.seq);
         match event.kind {
             EventKind::Create | EventKind::Join => {
                 room.members.insert(event.user_id.clone());
@@ -569,6 +639,7 @@ impl ChatServer {
                             Replay {
                                 upto: event.seq,
                                 buffer: Vec::new(),
+                                waiting: false,
                             },
                         );
                     }
@@ -577,6 +648,9 @@ impl ChatServer {
             }
         }
         self.fan_out(&event);
+        if self.waiting_replays.contains_key(&event.room) {
+            self.end_waiting_replays(&event.room);
+        }
         if event.kind == EventKind::Leave {
             self.unsubscribe_user(&event.room, &event.user_id);
         }
@@ -692,6 +766,7 @@ impl ChatServer {
                 Replay {
                     upto,
                     buffer: Vec::new(),
+                    waiting: false,
                 },
             );
         }
@@ -712,7 +787,7 @@ impl ChatServer {
             // Nothing to send, too much to send, or a `since` from another
             // epoch: live events start after the ack's seq.
             let recovered = missed == 0;
-            return self.end_replay(conn, reference, &room, Vec::new(), recovered);
+            return self.end_replay(conn, reference, &room, Vec::new(), Some(recovered));
         }
         self.metrics.replays.inc();
         let store = self.store.clone();
@@ -730,7 +805,7 @@ impl ChatServer {
                         page.events.len()
                     );
                 }
-                act.end_replay(conn, reference, &room, page.events, true);
+                act.end_replay(conn, reference, &room, page.events, Some(true));
             }
             Err(e) => {
                 log::error!("replay read failed: {e}");
@@ -749,7 +824,7 @@ impl ChatServer {
         reference: Option<Ref>,
         room: &RoomName,
         events: Vec<Event>,
-        recovered: bool,
+        recovered: Option<bool>,
     ) {
         let Some(replay) = self.conns.get_mut(&conn).and_then(|c| c.replays.remove(room)) else {
             // Left, evicted or gone meanwhile.
@@ -771,7 +846,7 @@ impl ChatServer {
                 command: "join",
                 room: Some(room),
                 seq: Some(last),
-                recovered: Some(recovered),
+                recovered,
                 ..Ack::default()
             },
         );
@@ -790,11 +865,9 @@ impl ChatServer {
     fn repair(&mut self, room: RoomName, ctx: &mut Context<Self>) {
         let Some(r) = self.rooms.get_mut(&room) else { return };
         let since = r.last_seq;
-        let Some(&first_pending) = r.pending.keys().next() else {
-            r.repairing = false;
-            return;
-        };
-        if first_pending == since + 1 {
+        // Read up to the first event waiting, or past the last one known.
+        let before = r.pending.keys().next().copied().unwrap_or(r.known + 1);
+        if before <= since + 1 {
             r.repairing = false;
             return;
         }
@@ -802,10 +875,10 @@ impl ChatServer {
         let store = self.store.clone();
         let range = HistoryRange {
             since: Some(since),
-            before: Some(first_pending),
-            limit: (first_pending - since - 1).min(GAP_REPAIR_PAGE),
+            before: Some(before),
+            limit: (before - since - 1).min(GAP_REPAIR_PAGE),
         };
-        log::debug!("repairing {room} after seq {since} (next pending {first_pending})");
+        log::debug!("repairing {room}: reading seqs {since} < seq < {before}");
         let fut = async move { store.events(&room, range).await.map(|p| (room, p)) };
         ctx.spawn(fut.into_actor(self).map(|res, act, ctx| match res {
             Ok((room, page)) => {
@@ -815,18 +888,13 @@ impl ChatServer {
                 for ev in page.events {
                     act.receive(ev, None, ctx);
                 }
-                let gap = act.rooms.get(&room).is_some_and(|r| {
-                    r.pending
-                        .keys()
-                        .next()
-                        .is_some_and(|&first| first > r.last_seq + 1)
-                });
-                if gap {
+                let behind = act.rooms.get(&room).is_some_and(|r| r.known > r.last_seq);
+                if behind {
                     act.schedule_repair(room, ctx);
                 }
             }
             Err(e) => {
-                log::error!("gap repair read failed: {e}; retrying");
+                log::error!("gap repair read failed: {e}; retrying in 1 s");
                 act.metrics.store_errors.inc();
                 ctx.run_later(Duration::from_secs(1), |act, ctx| {
                     let rooms: Vec<RoomName> = act
@@ -860,27 +928,18 @@ impl ChatServer {
 
     /// Rooms whose stored last seq is ahead of ours are repaired from the store.
     fn apply_snapshot(&mut self, snapshot: Snapshot, ctx: &mut Context<Self>) {
+        let mut members: HashMap<RoomName, HashSet<UserId>> = HashMap::new();
+        for (room, user) in snapshot.members {
+            members.entry(room).or_default().insert(user);
+        }
         for (name, last) in snapshot.rooms {
             let room = self.rooms.entry(name.clone()).or_insert_with(|| Room::new(0));
-            if last > room.last_seq && !room.pending.contains_key(&(last + 1)) {
-                // A marker past the stored end makes the gap visible to `repair`.
-                room.pending.entry(last + 1).or_insert_with(|| {
-                    (
-                        Event {
-                            kind: EventKind::Message,
-                            room: name.clone(),
-                            seq: last + 1,
-                            id: 0,
-                            user_id: UserId::trusted(String::new()),
-                            message: None,
-                            client_msg_id: None,
-                            node: String::new(),
-                            at: chrono::Utc::now(),
-                        },
-                        None,
-                    )
-                });
+            if last > room.last_seq {
+                room.known = room.known.max(last);
                 self.schedule_repair(name, ctx);
+            } else if last == room.last_seq {
+                // In step with the store: its members are this seq's members.
+                room.members = members.remove(&name).unwrap_or_default();
             }
         }
         self.metrics.rooms.set(self.rooms.len() as i64);
@@ -904,9 +963,6 @@ impl Handler<Connect> for ChatServer {
         self.next_conn += 1;
         if let Some(user) = &msg.user {
             *self.online.entry(user.clone()).or_default() += 1;
-            if let Some(bus) = &self.bus {
-                bus.online(user);
-            }
         }
         self.conns.insert(
             id,
@@ -930,9 +986,6 @@ impl Handler<Identify> for ChatServer {
         if c.user.is_none() {
             c.user = Some(msg.user.clone());
             *self.online.entry(msg.user.clone()).or_default() += 1;
-            if let Some(bus) = &self.bus {
-                bus.online(&msg.user);
-            }
         }
     }
 }
@@ -948,9 +1001,6 @@ impl Handler<Disconnect> for ChatServer {
                 *n -= 1;
                 if *n == 0 {
                     self.online.remove(&user);
-                    if let Some(bus) = &self.bus {
-                        bus.offline(&user);
-                    }
                 }
             }
         }
@@ -988,6 +1038,24 @@ impl Handler<Resync> for ChatServer {
 
     fn handle(&mut self, _: Resync, ctx: &mut Context<Self>) {
         self.resync(ctx);
+    }
+}
+
+impl Handler<RemotePresence> for ChatServer {
+    type Result = ();
+
+    fn handle(&mut self, msg: RemotePresence, _: &mut Context<Self>) {
+        self.remote_online = msg.users;
+    }
+}
+
+impl Handler<LocalPresence> for ChatServer {
+    type Result = MessageResult<LocalPresence>;
+
+    fn handle(&mut self, _: LocalPresence, _: &mut Context<Self>) -> Self::Result {
+        let mut users: Vec<UserId> = self.online.keys().cloned().collect();
+        users.sort();
+        MessageResult(users)
     }
 }
 

@@ -534,3 +534,208 @@ pub fn reroute_url(url: &str, host_port: &str) -> (String, String) {
     let at = if auth.is_empty() { String::new() } else { format!("{auth}@") };
     (target.to_string(), format!("{scheme}://{at}{host_port}/{path}"))
 }
+
+/// Several nodes on one PostgreSQL database and one Redis channel (each
+/// cluster its own), optionally behind the project's nginx configuration.
+pub struct Cluster {
+    pub nodes: Vec<Option<TestNode>>,
+    pub store: StoreEnv,
+    pub redis_url: String,
+    pub channel: String,
+    pub nginx: Option<Nginx>,
+}
+
+impl Cluster {
+    pub async fn start(n: usize) -> Cluster {
+        Cluster::start_on(n, redis_url()).await
+    }
+
+    pub async fn start_on(n: usize, redis_url: String) -> Cluster {
+        let mut c = Cluster {
+            nodes: Vec::new(),
+            store: StoreEnv::new(Backend::Postgres).await,
+            redis_url,
+            channel: unique("chat:events:test"),
+            nginx: None,
+        };
+        for _ in 0..n {
+            c.add_node().await;
+        }
+        c
+    }
+
+    /// Starts one more node; returns its index.
+    pub async fn add_node(&mut self) -> usize {
+        let i = self.nodes.len();
+        let env = vec![
+            ("NODE_ID".to_string(), format!("node-{i}")),
+            ("REDIS_URL".to_string(), self.redis_url.clone()),
+            ("REDIS_CHANNEL".to_string(), self.channel.clone()),
+        ];
+        let node = TestNode::spawn(self.store.clone(), env).await;
+        self.nodes.push(Some(node));
+        i
+    }
+
+    pub fn node(&self, i: usize) -> &TestNode {
+        self.nodes[i].as_ref().expect("node is running")
+    }
+
+    pub async fn client(&self, i: usize) -> Client {
+        self.node(i).client().await
+    }
+
+    /// Puts nginx, with nginx/confab.conf.template, in front of every node.
+    pub fn start_nginx(&mut self) -> String {
+        let upstreams: Vec<String> = self
+            .nodes
+            .iter()
+            .flatten()
+            .map(|n| n.addr.clone())
+            .collect();
+        let nginx = Nginx::start(&upstreams);
+        let url = format!("ws://{}/ws", nginx.addr);
+        self.nginx = Some(nginx);
+        url
+    }
+
+    pub fn kill9(&mut self, i: usize) {
+        if let Some(mut n) = self.nodes[i].take() {
+            n.kill9();
+        }
+    }
+}
+
+/// A private nginx running the project's configuration.
+pub struct Nginx {
+    pub addr: String,
+    child: Child,
+    _dir: tempfile::TempDir,
+}
+
+impl Nginx {
+    pub fn start(upstreams: &[String]) -> Nginx {
+        let nginx = std::env::var("CONFAB_TEST_NGINX").unwrap_or_else(|_| {
+            panic!(
+                "CONFAB_TEST_NGINX is not set: these tests need nginx. Run them with \
+                 scripts/test, which installs nginx and sets it"
+            )
+        });
+        let template = std::fs::read_to_string(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/nginx/confab.conf.template"
+        ))
+        .expect("nginx/confab.conf.template");
+        let dir = tempfile::tempdir().expect("tempdir");
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .expect("free port")
+            .port();
+        let addr = format!("127.0.0.1:{port}");
+        let servers: String = upstreams
+            .iter()
+            .map(|u| format!("        server {u} max_fails=1 fail_timeout=2s;\n"))
+            .collect();
+        let conf = template
+            .replace("{{PREFIX}}", &dir.path().display().to_string())
+            .replace("{{LISTEN}}", &addr)
+            .replace("{{UPSTREAMS}}", &servers)
+            .replace("worker_rlimit_nofile 65536;", "worker_rlimit_nofile 8192;")
+            .replace("worker_connections 20000;", "worker_connections 4096;");
+        let conf_path = dir.path().join("nginx.conf");
+        std::fs::write(&conf_path, conf).expect("write nginx.conf");
+        let errlog = dir.path().join("nginx-error.log");
+        let child = Command::new(nginx)
+            .arg("-e")
+            .arg(&errlog)
+            .arg("-p")
+            .arg(dir.path())
+            .arg("-c")
+            .arg(&conf_path)
+            .args(["-g", "daemon off;"])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("spawn nginx");
+        for _ in 0..100 {
+            if std::net::TcpStream::connect(&addr).is_ok() {
+                return Nginx {
+                    addr,
+                    child,
+                    _dir: dir,
+                };
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let log = std::fs::read_to_string(&errlog).unwrap_or_default();
+        panic!("nginx did not listen on {addr}: {log}");
+    }
+}
+
+impl Drop for Nginx {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A private redis-server on a fixed port, which a test may stop and restart.
+pub struct OwnRedis {
+    pub port: u16,
+    child: Option<Child>,
+}
+
+impl OwnRedis {
+    pub fn start() -> OwnRedis {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .expect("free port")
+            .port();
+        let mut r = OwnRedis { port, child: None };
+        r.restart();
+        r
+    }
+
+    pub fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}/", self.port)
+    }
+
+    pub fn restart(&mut self) {
+        let server = std::env::var("CONFAB_TEST_REDIS_SERVER").unwrap_or_else(|_| {
+            panic!(
+                "CONFAB_TEST_REDIS_SERVER is not set: this test starts its own Redis. \
+                 Run it with scripts/test, which installs redis-server and sets it"
+            )
+        });
+        let child = Command::new(server)
+            .args(["--port", &self.port.to_string(), "--bind", "127.0.0.1"])
+            .args(["--save", "", "--appendonly", "no"])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("spawn redis-server");
+        self.child = Some(child);
+        for _ in 0..100 {
+            if std::net::TcpStream::connect(("127.0.0.1", self.port)).is_ok() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        panic!("redis-server did not listen on port {}", self.port);
+    }
+
+    pub fn kill(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+impl Drop for OwnRedis {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
