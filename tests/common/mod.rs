@@ -645,7 +645,7 @@ impl Nginx {
         let conf_path = dir.path().join("nginx.conf");
         std::fs::write(&conf_path, conf).expect("write nginx.conf");
         let errlog = dir.path().join("nginx-error.log");
-        let child = Command::new(nginx)
+        let mut child = Command::new(nginx)
             .arg("-e")
             .arg(&errlog)
             .arg("-p")
@@ -668,6 +668,8 @@ impl Nginx {
             }
             std::thread::sleep(Duration::from_millis(50));
         }
+        let _ = child.kill();
+        let _ = child.wait();
         let log = std::fs::read_to_string(&errlog).unwrap_or_default();
         panic!("nginx did not listen on {addr}: {log}");
     }
