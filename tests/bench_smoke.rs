@@ -1,0 +1,41 @@
+//! A short confab-bench run against live nodes: a smoke test of the load
+//! generator and the server together that checks zero loss and zero
+//! duplicates (not a timing: figures live in docs/benchmarks.md).
+
+mod common;
+
+use std::process::Command;
+
+use common::{Backend, Cluster, TestNode};
+
+fn bench(urls: &[String], extra: &[&str]) {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_confab-bench"));
+    for u in urls {
+        cmd.args(["--url", u]);
+    }
+    cmd.args(["--clients", "200", "--rooms", "10", "--senders", "10", "--rate", "500"])
+        .args(["--duration", "2", "--warmup", "1", "--check", "--quiet"])
+        .args(extra);
+    let out = cmd.output().expect("run confab-bench");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "confab-bench --check failed ({}):\n{stdout}\n{}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(stdout.contains("lost"), "the report names lost deliveries:\n{stdout}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bench_against_one_sqlite_node_loses_and_doubles_nothing() {
+    let node = TestNode::start(Backend::Sqlite).await;
+    bench(&[node.ws_url()], &[]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bench_against_three_nodes_behind_nginx_loses_and_doubles_nothing() {
+    let mut cluster = Cluster::start(3).await;
+    let url = cluster.start_nginx();
+    bench(&[url], &[]);
+}
