@@ -106,7 +106,7 @@ impl Config {
             rate_per_sec: env.parse("RATE_LIMIT_PER_SEC", 50)?,
             rate_burst: env.parse("RATE_LIMIT_BURST", 100)?,
             rate_close_after: env.parse("RATE_LIMIT_CLOSE_AFTER", 50)?,
-            session_mailbox: env.parse("SESSION_MAILBOX", 1024)?,
+            session_mailbox: env.parse("SESSION_MAILBOX", 4096)?,
             write_buffer_bytes: env.parse("WRITE_BUFFER_BYTES", 32 * 1024)?,
             tcp_user_timeout: Duration::from_secs(env.parse("TCP_USER_TIMEOUT_SECS", 30)?),
             writer_queue: env.parse("WRITER_QUEUE", 50_000)?,

@@ -9,7 +9,7 @@
 //! from its rooms and closes with 4000 (DESIGN.md invariant 7).
 
 use std::collections::{BTreeMap, HashMap, HashSet};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -32,6 +32,9 @@ use crate::writer::{AppendJob, Committed, WriterHandle};
 const GAP_REPAIR_DELAY: Duration = Duration::from_millis(50);
 /// Most events one gap-repair read fetches.
 const GAP_REPAIR_PAGE: i64 = 1000;
+/// Most frames in one [`Deliver::Frames`] (and at most a quarter of
+/// `SESSION_MAILBOX`, so that a healthy session always has room for a few).
+const FRAMES_PER_DELIVERY: usize = 64;
 
 /// A local connection's id, unique for the life of the node.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -43,8 +46,31 @@ pub struct ConnId(pub u64);
 pub enum Deliver {
     /// One text frame.
     Frame(ByteString),
+    /// Consecutive events of one room, shared by every subscriber.
+    Frames(Arc<[ByteString]>),
     /// The node is shutting down: close with 1001.
     Shutdown,
+}
+
+/// The state of one session's outbound path, shared by the ChatServer (which
+/// queues frames) and the session (which writes them).
+#[derive(Default)]
+pub struct Outbound {
+    /// Set by the server when the session is evicted; the session closes with 4000.
+    pub evicted: AtomicBool,
+    /// Frames queued in the session's mailbox and not yet taken by it.
+    pub queued: AtomicUsize,
+}
+
+impl Deliver {
+    /// How many frames this message puts on the socket.
+    pub fn frames(&self) -> usize {
+        match self {
+            Deliver::Frame(_) => 1,
+            Deliver::Frames(f) => f.len(),
+            Deliver::Shutdown => 0,
+        }
+    }
 }
 
 /// A session opened: it gets a [`ConnId`].
@@ -53,8 +79,7 @@ pub enum Deliver {
 pub struct Connect {
     pub addr: Recipient<Deliver>,
     pub user: Option<UserId>,
-    /// Set by the server when the session is evicted; the session closes with 4000.
-    pub evicted: Arc<AtomicBool>,
+    pub outbound: Arc<Outbound>,
 }
 
 /// A session closed.
@@ -129,6 +154,8 @@ struct Room {
     /// The highest seq known to be committed (from the bus or the store).
     known: Seq,
     repairing: bool,
+    /// Events delivered in the current batch, not yet handed to sessions.
+    outbox: Vec<(Seq, ByteString)>,
 }
 
 impl Room {
@@ -140,6 +167,7 @@ impl Room {
             pending: BTreeMap::new(),
             known: last_seq,
             repairing: false,
+            outbox: Vec::new(),
         }
     }
 }
@@ -160,7 +188,21 @@ struct Conn {
     user: Option<UserId>,
     rooms: HashSet<RoomName>,
     replays: HashMap<RoomName, Replay>,
-    evicted: Arc<AtomicBool>,
+    outbound: Arc<Outbound>,
+}
+
+/// Queues a message for a session unless that would put more than `limit`
+/// frames in its mailbox (the bound of DESIGN.md invariant 7).
+fn offer(c: &Conn, msg: Deliver, limit: usize) -> Result<(), SendError<Deliver>> {
+    let frames = msg.frames();
+    if c.outbound.queued.load(Ordering::Relaxed) + frames > limit {
+        return Err(SendError::Full(msg));
+    }
+    // Counted before it is sent, so that the session's decrement never comes first.
+    c.outbound.queued.fetch_add(frames, Ordering::Relaxed);
+    c.addr.try_send(msg).inspect_err(|_| {
+        c.outbound.queued.fetch_sub(frames, Ordering::Relaxed);
+    })
 }
 
 /// The per-node actor. See the module header.
@@ -177,6 +219,16 @@ pub struct ChatServer {
     online: HashMap<UserId, usize>,
     /// Users connected to other nodes (from the bus's presence).
     remote_online: HashSet<UserId>,
+    /// Inside a batch (a commit, peer events, a repair), events collect in
+    /// their rooms' outboxes and replies in `replies`, and go out together at
+    /// its end: one mailbox message per subscriber and room, not per event.
+    batching: bool,
+    /// Rooms whose outbox is not empty.
+    dirty: Vec<RoomName>,
+    /// Frames per [`Deliver::Frames`].
+    chunk: usize,
+    /// Acks and errors of the current batch, in command order, sent after the events.
+    replies: Vec<(ConnId, ByteString)>,
     /// Resumes waiting for this node to catch up, per room.
     waiting_replays: HashMap<RoomName, Vec<(ConnId, Option<Ref>, bool)>>,
     shutting_down: bool,
@@ -200,6 +252,7 @@ impl ChatServer {
             }
         }
         metrics.rooms.set(rooms.len() as i64);
+        let session_mailbox = config.session_mailbox;
         ChatServer {
             config,
             store,
@@ -212,6 +265,10 @@ impl ChatServer {
             online: HashMap::new(),
             remote_online: HashSet::new(),
             waiting_replays: HashMap::new(),
+            batching: false,
+            dirty: Vec::new(),
+            chunk: (session_mailbox / 4).clamp(1, FRAMES_PER_DELIVERY),
+            replies: Vec::new(),
             shutting_down: false,
         }
     }
@@ -225,13 +282,30 @@ impl ChatServer {
         self.bus = Some(bus);
     }
 
-    /// Queues one frame for a connection; evicts it when its mailbox is full.
+    /// Sends one frame to a connection now (after what the batch holds).
     fn send(&mut self, conn: ConnId, frame: ByteString) {
+        if self.batching {
+            self.flush();
+        }
+        self.push(conn, Deliver::Frame(frame));
+    }
+
+    /// Sends an ack or error: inside a batch, after the batch's events.
+    fn reply(&mut self, conn: ConnId, frame: ByteString) {
+        if self.batching {
+            self.replies.push((conn, frame));
+        } else {
+            self.push(conn, Deliver::Frame(frame));
+        }
+    }
+
+    /// Queues a message for a connection; evicts it when its mailbox is full.
+    fn push(&mut self, conn: ConnId, msg: Deliver) {
         let Some(c) = self.conns.get(&conn) else { return };
-        if c.evicted.load(Ordering::Relaxed) {
+        if c.outbound.evicted.load(Ordering::Relaxed) {
             return;
         }
-        match c.addr.try_send(Deliver::Frame(frame)) {
+        match offer(c, msg, self.config.session_mailbox) {
             Ok(()) => {}
             Err(SendError::Full(_)) => self.evict(conn),
             Err(SendError::Closed(_)) => self.unsubscribe_all(conn),
@@ -241,18 +315,101 @@ impl ChatServer {
     fn send_error(&mut self, conn: ConnId, reference: Option<&Ref>, err: &ProtoError, room: Option<&RoomName>) {
         self.metrics.command_errors.inc();
         let frame = error_frame(reference, err, room);
-        self.send(conn, frame);
+        self.reply(conn, frame);
     }
 
+    /// An ack that must not be overtaken by later events (join, create, replay).
     fn send_ack(&mut self, conn: ConnId, ack: Ack<'_>) {
         let frame = Reply::Ack(ack).to_frame();
         self.send(conn, frame);
     }
 
+    /// Runs `f` as one batch: its events and replies go out together at the end.
+    fn batch(&mut self, f: impl FnOnce(&mut Self)) {
+        self.batching = true;
+        f(self);
+        self.flush();
+        self.batching = false;
+    }
+
+    /// Hands every room's outbox to its subscribers, then the replies.
+    fn flush(&mut self) {
+        for room in std::mem::take(&mut self.dirty) {
+            self.flush_room(&room);
+        }
+        let replies = std::mem::take(&mut self.replies);
+        if replies.is_empty() {
+            return;
+        }
+        // One message per connection, its replies in command order.
+        let mut by_conn: HashMap<ConnId, Vec<ByteString>> = HashMap::new();
+        let mut order = Vec::new();
+        for (conn, frame) in replies {
+            let frames = by_conn.entry(conn).or_insert_with(|| {
+                order.push(conn);
+                Vec::new()
+            });
+            frames.push(frame);
+        }
+        for conn in order {
+            let Some(frames) = by_conn.remove(&conn) else { continue };
+            for chunk in frames.chunks(self.chunk) {
+                self.push(conn, Deliver::Frames(chunk.into()));
+            }
+        }
+    }
+
+    /// Hands one room's outbox to its subscribers, shared: one allocation per
+    /// room and batch, one mailbox message per subscriber.
+    fn flush_room(&mut self, name: &RoomName) {
+        let Some(room) = self.rooms.get_mut(name) else { return };
+        if room.outbox.is_empty() {
+            return;
+        }
+        let outbox = std::mem::take(&mut room.outbox);
+        let chunks: Vec<Arc<[ByteString]>> = outbox
+            .chunks(self.chunk)
+            .map(|c| c.iter().map(|(_, f)| f.clone()).collect())
+            .collect();
+        let mut full = Vec::new();
+        let mut delivered = 0u64;
+        for id in &room.subscribers {
+            let Some(c) = self.conns.get_mut(id) else { continue };
+            if let Some(replay) = c.replays.get_mut(name) {
+                // A resume in progress takes what comes after its replay.
+                let upto = replay.upto;
+                replay
+                    .buffer
+                    .extend(outbox.iter().filter(|(seq, _)| *seq > upto).cloned());
+                if replay.buffer.len() as i64 > self.config.replay_limit {
+                    full.push(*id);
+                }
+                continue;
+            }
+            if c.outbound.evicted.load(Ordering::Relaxed) {
+                continue;
+            }
+            for chunk in &chunks {
+                match offer(c, Deliver::Frames(chunk.clone()), self.config.session_mailbox) {
+                    Ok(()) => delivered += chunk.len() as u64,
+                    Err(SendError::Full(_)) => {
+                        full.push(*id);
+                        break;
+                    }
+                    Err(SendError::Closed(_)) => break,
+                }
+            }
+        }
+        self.metrics.deliveries.add(delivered);
+        for id in full {
+            self.evict(id);
+        }
+    }
+
     /// A slow consumer: out of every room, and its session closes with 4000.
     fn evict(&mut self, conn: ConnId) {
         if let Some(c) = self.conns.get(&conn) {
-            c.evicted.store(true, Ordering::Relaxed);
+            c.outbound.evicted.store(true, Ordering::Relaxed);
             self.metrics.evictions.inc();
             log::info!("evicting slow consumer {conn:?}");
         }
@@ -260,6 +417,14 @@ impl ChatServer {
     }
 
     fn unsubscribe_all(&mut self, conn: ConnId) {
+        let rooms: Vec<RoomName> = self
+            .conns
+            .get(&conn)
+            .map(|c| c.rooms.iter().cloned().collect())
+            .unwrap_or_default();
+        for room in &rooms {
+            self.flush_room(room);
+        }
         if let Some(c) = self.conns.get_mut(&conn) {
             c.replays.clear();
             for room in c.rooms.drain() {
@@ -271,8 +436,10 @@ impl ChatServer {
     }
 
     fn subscribe(&mut self, conn: ConnId, room: &RoomName) -> bool {
+        // Events already in the batch came before this subscription.
+        self.flush_room(room);
         let Some(c) = self.conns.get_mut(&conn) else { return false };
-        if c.evicted.load(Ordering::Relaxed) {
+        if c.outbound.evicted.load(Ordering::Relaxed) {
             return false;
         }
         let Some(r) = self.rooms.get_mut(room) else { return false };
@@ -282,6 +449,7 @@ impl ChatServer {
     }
 
     fn unsubscribe(&mut self, conn: ConnId, room: &RoomName) {
+        self.flush_room(room);
         if let Some(c) = self.conns.get_mut(&conn) {
             c.rooms.remove(room);
             c.replays.remove(room);
@@ -649,6 +817,7 @@ impl ChatServer {
         }
         self.fan_out(&event);
         if self.waiting_replays.contains_key(&event.room) {
+            self.flush_room(&event.room);
             self.end_waiting_replays(&event.room);
         }
         if event.kind == EventKind::Leave {
@@ -664,38 +833,18 @@ impl ChatServer {
         }
     }
 
-    /// Sends one event to every local subscriber of its room, serialised once.
+    /// Puts one event in its room's outbox, serialised once for every subscriber.
     fn fan_out(&mut self, event: &Event) {
-        let Some(room) = self.rooms.get(&event.room) else { return };
+        let Some(room) = self.rooms.get_mut(&event.room) else { return };
         if room.subscribers.is_empty() {
             return;
         }
-        let frame = event.to_frame();
-        let mut full = Vec::new();
-        let mut delivered = 0u64;
-        for id in &room.subscribers {
-            let Some(c) = self.conns.get_mut(id) else { continue };
-            if let Some(replay) = c.replays.get_mut(&event.room) {
-                if event.seq > replay.upto {
-                    replay.buffer.push((event.seq, frame.clone()));
-                    if replay.buffer.len() as i64 > self.config.replay_limit {
-                        full.push(*id);
-                    }
-                }
-                continue;
-            }
-            if c.evicted.load(Ordering::Relaxed) {
-                continue;
-            }
-            match c.addr.try_send(Deliver::Frame(frame.clone())) {
-                Ok(()) => delivered += 1,
-                Err(SendError::Full(_)) => full.push(*id),
-                Err(SendError::Closed(_)) => {}
-            }
+        if room.outbox.is_empty() {
+            self.dirty.push(event.room.clone());
         }
-        self.metrics.deliveries.add(delivered);
-        for id in full {
-            self.evict(id);
+        room.outbox.push((event.seq, event.to_frame()));
+        if !self.batching {
+            self.flush();
         }
     }
 
@@ -716,9 +865,8 @@ impl ChatServer {
     /// Answers an append's origin once its event has been delivered.
     fn finish(&mut self, origin: Origin, event: &Event, duplicate: bool, _ctx: &mut Context<Self>) {
         match origin {
-            Origin::Conn { conn, reference, .. } => self.send_ack(
-                conn,
-                Ack {
+            Origin::Conn { conn, reference, .. } => {
+                let frame = Reply::Ack(Ack {
                     reference: reference.as_ref(),
                     command: event.kind.as_str(),
                     room: Some(&event.room),
@@ -726,8 +874,15 @@ impl ChatServer {
                     id: Some(event.id),
                     duplicate: duplicate.then_some(true),
                     recovered: None,
-                },
-            ),
+                })
+                .to_frame();
+                // After a join or create, later events must not overtake the
+                // ack (its seq is where the connection's stream starts).
+                match event.kind {
+                    EventKind::Create | EventKind::Join => self.send(conn, frame),
+                    EventKind::Leave | EventKind::Message => self.reply(conn, frame),
+                }
+            }
             Origin::Http(tx) => {
                 let _ = tx.send(Ok((event.clone(), duplicate)));
             }
@@ -885,9 +1040,11 @@ impl ChatServer {
                 if let Some(r) = act.rooms.get_mut(&room) {
                     r.repairing = false;
                 }
-                for ev in page.events {
-                    act.receive(ev, None, ctx);
-                }
+                act.batch(|act| {
+                    for ev in page.events {
+                        act.receive(ev, None, ctx);
+                    }
+                });
                 let behind = act.rooms.get(&room).is_some_and(|r| r.known > r.last_seq);
                 if behind {
                     act.schedule_repair(room, ctx);
@@ -971,7 +1128,7 @@ impl Handler<Connect> for ChatServer {
                 user: msg.user,
                 rooms: HashSet::new(),
                 replays: HashMap::new(),
-                evicted: msg.evicted,
+                outbound: msg.outbound,
             },
         );
         MessageResult(id)
@@ -1019,7 +1176,7 @@ impl Handler<Committed> for ChatServer {
     type Result = ();
 
     fn handle(&mut self, msg: Committed, ctx: &mut Context<Self>) {
-        self.committed(msg, ctx);
+        self.batch(|act| act.committed(msg, ctx));
     }
 }
 
@@ -1027,9 +1184,11 @@ impl Handler<PeerEvents> for ChatServer {
     type Result = ();
 
     fn handle(&mut self, msg: PeerEvents, ctx: &mut Context<Self>) {
-        for event in msg.events {
-            self.receive(event, None, ctx);
-        }
+        self.batch(|act| {
+            for event in msg.events {
+                act.receive(event, None, ctx);
+            }
+        });
     }
 }
 

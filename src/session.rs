@@ -8,7 +8,7 @@
 //! session when it is full, because the actor freezes while its client does
 //! not read (actix-web#2441); it then closes with 4000 when it runs again.
 
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -19,7 +19,7 @@ use actix_web_actors::ws::{self, CloseCode, CloseReason, ProtocolError};
 use crate::protocol::{
     error_frame, parse_command, Command, CommandLimits, ErrorCode, ProtoError, Reply, UserId,
 };
-use crate::server::{ChatServer, ConnId, Connect, Deliver, Disconnect, Identify, Request};
+use crate::server::{ChatServer, ConnId, Connect, Deliver, Disconnect, Identify, Outbound, Request};
 use crate::NodeContext;
 
 /// Close code for a slow consumer (PROTOCOL.md, Closing).
@@ -59,7 +59,7 @@ pub struct WsSession {
     user: Option<UserId>,
     last_heard: Instant,
     rate: RateLimit,
-    evicted: Arc<AtomicBool>,
+    outbound: Arc<Outbound>,
 }
 
 impl WsSession {
@@ -75,7 +75,7 @@ impl WsSession {
                 refilled: Instant::now(),
                 strikes: 0,
             },
-            evicted: Arc::new(AtomicBool::new(false)),
+            outbound: Arc::default(),
         }
     }
 
@@ -213,7 +213,7 @@ impl Actor for WsSession {
         let connect = Connect {
             addr: ctx.address().recipient(),
             user: self.user.clone(),
-            evicted: self.evicted.clone(),
+            outbound: self.outbound.clone(),
         };
         self.server()
             .send(connect)
@@ -240,7 +240,8 @@ impl Handler<Deliver> for WsSession {
     type Result = ();
 
     fn handle(&mut self, msg: Deliver, ctx: &mut Self::Context) {
-        if self.evicted.load(Ordering::Relaxed) {
+        self.outbound.queued.fetch_sub(msg.frames(), Ordering::Relaxed);
+        if self.outbound.evicted.load(Ordering::Relaxed) {
             ctx.close(Some(CloseReason {
                 code: CloseCode::Other(CLOSE_SLOW_CONSUMER),
                 description: Some("slow consumer: resume with since".into()),
@@ -250,6 +251,11 @@ impl Handler<Deliver> for WsSession {
         }
         match msg {
             Deliver::Frame(frame) => ctx.text(frame),
+            Deliver::Frames(frames) => {
+                for frame in frames.iter() {
+                    ctx.text(frame.clone());
+                }
+            }
             Deliver::Shutdown => {
                 ctx.close(Some(CloseReason {
                     code: CloseCode::Away,
