@@ -176,3 +176,42 @@ async fn without_postgres_appends_are_unavailable_and_the_node_recovers() {
     let (status, _) = node.http("GET", "/health", None).await;
     assert_eq!(status, 200);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_writer_queue_answers_unavailable_and_stores_nothing_of_it() {
+    let node = TestNode::start_with(
+        Backend::Sqlite,
+        &[("WRITER_QUEUE", "1"), ("WRITER_BATCH_MAX", "1")],
+    )
+    .await;
+    let mut a = node.client().await;
+    a.ok(json!({"user_id":"a","type":"create","room":"r"})).await;
+    for k in 0..300 {
+        a.send(json!({"type":"message","room":"r","message":format!("m{k}"),"ref":k})).await;
+    }
+    let mut acked = std::collections::BTreeSet::new();
+    let mut refused = std::collections::BTreeSet::new();
+    while acked.len() + refused.len() < 300 {
+        let f = a.recv().await;
+        match (f["type"].as_str(), f["code"].as_str()) {
+            (Some("ack"), _) => {
+                acked.insert(f["ref"].as_i64().unwrap());
+            }
+            (Some("error"), Some("unavailable")) => {
+                refused.insert(f["ref"].as_i64().unwrap());
+            }
+            (Some("message"), _) => {}
+            other => panic!("unexpected {other:?}: {f}"),
+        }
+    }
+    assert!(!refused.is_empty(), "a queue of one cannot take 300 at once");
+    let store = node.store.open().await;
+    let stored: std::collections::BTreeSet<i64> = store
+        .all_events()
+        .await
+        .unwrap()
+        .iter()
+        .filter_map(|e| e.message.as_deref()?.strip_prefix('m')?.parse().ok())
+        .collect();
+    assert_eq!(stored, acked, "exactly the acked messages are stored");
+}
