@@ -24,6 +24,8 @@
 //! connection, each event serialised once and pushed to every member's bounded queue. It is
 //! the machine's practical floor, against which Confab's figures can be compared.
 //!
+//! `confab-bench resume` is the resume storm (W4): see `resume.rs`.
+//!
 //! Exit codes: 0 done; 1 `--check` failed; 2 usage error, setup failure or hard deadline.
 
 use std::borrow::Cow;
@@ -35,6 +37,8 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use anyhow::{anyhow, bail, Context, Result};
+
+mod resume;
 use clap::{Args, Parser, Subcommand};
 use futures_util::{SinkExt, StreamExt};
 use hdrhistogram::Histogram;
@@ -91,6 +95,8 @@ struct Cli {
 enum Command {
     /// Run the floor server: the simplest room broadcast server speaking the bench's protocol subset.
     Floor(FloorArgs),
+    /// The resume storm: kill a node under load, every dropped client resumes with `since`.
+    Resume(resume::ResumeArgs),
 }
 
 #[derive(Args, Debug)]
@@ -1782,6 +1788,7 @@ fn main() {
                     2
                 }
             },
+            Some(Command::Resume(args)) => resume::main(args).await,
             None => bench_main(cli.load).await,
         }
     });
