@@ -71,7 +71,10 @@ pub enum BusHandle {
     /// One node, no peers.
     Local,
     /// Batches go to the publisher task, in commit order.
-    Redis { publish: mpsc::Sender<Vec<Event>>, metrics: Arc<Metrics> },
+    Redis {
+        publish: mpsc::Sender<Vec<Event>>,
+        metrics: Arc<Metrics>,
+    },
 }
 
 impl BusHandle {
@@ -145,7 +148,12 @@ pub async fn connect(config: &Config, metrics: Arc<Metrics>) -> anyhow::Result<B
     let start: BusStarter = {
         let (metrics, up) = (metrics.clone(), up.clone());
         Box::new(move |server: Addr<ChatServer>| {
-            actix::spawn(publisher(pool.clone(), channel.clone(), rx, metrics.clone()));
+            actix::spawn(publisher(
+                pool.clone(),
+                channel.clone(),
+                rx,
+                metrics.clone(),
+            ));
             actix::spawn(subscriber(
                 client,
                 channel.clone(),
@@ -168,10 +176,15 @@ pub async fn connect(config: &Config, metrics: Arc<Metrics>) -> anyhow::Result<B
     })
 }
 
-async fn subscribe(client: &redis::Client, channel: &str) -> redis::RedisResult<redis::aio::PubSub> {
+async fn subscribe(
+    client: &redis::Client,
+    channel: &str,
+) -> redis::RedisResult<redis::aio::PubSub> {
     let mut pubsub = tokio::time::timeout(Duration::from_secs(3), client.get_async_pubsub())
         .await
-        .map_err(|_| redis::RedisError::from(std::io::Error::from(std::io::ErrorKind::TimedOut)))??;
+        .map_err(|_| {
+            redis::RedisError::from(std::io::Error::from(std::io::ErrorKind::TimedOut))
+        })??;
     pubsub.subscribe(channel).await?;
     Ok(pubsub)
 }
@@ -305,7 +318,12 @@ fn push_event(msg: &redis::Msg, node: &str, events: &mut Vec<Event>, metrics: &M
 }
 
 /// Writes this node's online users and reads the other nodes', every tick.
-async fn presence(pool: deadpool_redis::Pool, channel: String, node: String, server: Addr<ChatServer>) {
+async fn presence(
+    pool: deadpool_redis::Pool,
+    channel: String,
+    node: String,
+    server: Addr<ChatServer>,
+) {
     let nodes_key = format!("{channel}:presence:nodes");
     let own_key = format!("{channel}:presence:{node}");
     let ttl_ms = PRESENCE_TTL.as_millis() as i64;
@@ -325,8 +343,11 @@ async fn presence(pool: deadpool_redis::Pool, channel: String, node: String, ser
             if written.as_ref() != Some(&local) {
                 pipe.del(&own_key).ignore();
                 if !local.is_empty() {
-                    pipe.sadd(&own_key, local.iter().map(UserId::as_str).collect::<Vec<_>>())
-                        .ignore();
+                    pipe.sadd(
+                        &own_key,
+                        local.iter().map(UserId::as_str).collect::<Vec<_>>(),
+                    )
+                    .ignore();
                 }
             }
             pipe.pexpire(&own_key, ttl_ms)

@@ -86,7 +86,9 @@ impl Config {
                 pool_size: env.parse("PG_POOL_SIZE", 16)?,
             },
             None => StoreConfig::Sqlite {
-                path: env.string("SQLITE_PATH").unwrap_or_else(|| "confab.db".into()),
+                path: env
+                    .string("SQLITE_PATH")
+                    .unwrap_or_else(|| "confab.db".into()),
             },
         };
         let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
@@ -96,7 +98,9 @@ impl Config {
             node_id: env.string("NODE_ID").unwrap_or_else(default_node_id),
             store,
             redis_url: env.string("REDIS_URL"),
-            redis_channel: env.string("REDIS_CHANNEL").unwrap_or_else(|| "chat:events".into()),
+            redis_channel: env
+                .string("REDIS_CHANNEL")
+                .unwrap_or_else(|| "chat:events".into()),
             workers: env.parse("WORKERS", cores)?,
             max_frame_bytes: env.parse("MAX_FRAME_BYTES", 64 * 1024)?,
             max_message_chars: env.parse("MAX_MESSAGE_CHARS", 4096)?,
@@ -188,14 +192,22 @@ mod tests {
     use super::*;
 
     fn vars(pairs: &[(&str, &str)]) -> HashMap<String, String> {
-        pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
     }
 
     #[test]
     fn defaults_give_the_embedded_store_on_8080() {
         let c = Config::from_vars(vars(&[])).unwrap();
         assert_eq!(c.port, 8080);
-        assert_eq!(c.store, StoreConfig::Sqlite { path: "confab.db".into() });
+        assert_eq!(
+            c.store,
+            StoreConfig::Sqlite {
+                path: "confab.db".into()
+            }
+        );
         assert_eq!(c.replay_limit, 10_000);
         assert_eq!(c.max_message_chars, 4096);
     }

@@ -86,13 +86,12 @@ async fn rooms(node: web::Data<NodeContext>) -> HttpResponse {
 }
 
 fn error_response(err: &ProtoError, room: Option<&RoomName>) -> HttpResponse {
-    let status = StatusCode::from_u16(err.code.http_status())
-        .unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+    let status =
+        StatusCode::from_u16(err.code.http_status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
     HttpResponse::build(status)
         .content_type("application/json")
         .body(error_frame(None, err, room).to_string())
 }
-
 
 fn seq_param(query: &HashMap<String, String>, name: &str) -> Result<Option<i64>, ProtoError> {
     match query.get(name) {
@@ -100,7 +99,9 @@ fn seq_param(query: &HashMap<String, String>, name: &str) -> Result<Option<i64>,
         Some(v) if v.is_empty() => Ok(None),
         Some(v) => match v.parse::<i64>() {
             Ok(n) if n >= 0 => Ok(Some(n)),
-            _ => Err(ProtoError::invalid_field(format!("{name} must be an integer >= 0"))),
+            _ => Err(ProtoError::invalid_field(format!(
+                "{name} must be an integer >= 0"
+            ))),
         },
     }
 }
@@ -118,7 +119,9 @@ async fn events(
     let range = (|| {
         let limit = seq_param(&query, "limit")?.unwrap_or(DEFAULT_HISTORY_LIMIT);
         if !(1..=MAX_HISTORY_LIMIT).contains(&limit) {
-            return Err(ProtoError::invalid_field("limit must be an integer from 1 to 1000"));
+            return Err(ProtoError::invalid_field(
+                "limit must be an integer from 1 to 1000",
+            ));
         }
         Ok(HistoryRange {
             since: seq_param(&query, "since")?,
@@ -206,7 +209,10 @@ fn parse_post(
     max_chars: usize,
 ) -> Result<(UserId, String, Option<String>), ProtoError> {
     let Ok(Value::Object(obj)) = serde_json::from_slice::<Value>(body) else {
-        return Err(ProtoError::new(ErrorCode::InvalidJson, "the body must be one JSON object"));
+        return Err(ProtoError::new(
+            ErrorCode::InvalidJson,
+            "the body must be one JSON object",
+        ));
     };
     let user = match obj.get("user_id") {
         Some(v) => UserId::from_json(v)?,
@@ -214,7 +220,9 @@ fn parse_post(
     };
     let text = match obj.get("message") {
         Some(Value::String(s)) if !s.is_empty() => s.clone(),
-        Some(Value::String(_)) => return Err(ProtoError::invalid_field("message must not be empty")),
+        Some(Value::String(_)) => {
+            return Err(ProtoError::invalid_field("message must not be empty"))
+        }
         _ => return Err(ProtoError::invalid_field("message must be a string")),
     };
     let chars = text.chars().count();
@@ -229,7 +237,11 @@ fn parse_post(
         Some(Value::String(s)) if !s.is_empty() && s.chars().count() <= MAX_ID_CHARS => {
             Some(s.clone())
         }
-        _ => return Err(ProtoError::invalid_field("client_msg_id must be 1-64 characters")),
+        _ => {
+            return Err(ProtoError::invalid_field(
+                "client_msg_id must be 1-64 characters",
+            ))
+        }
     };
     Ok((user, text, client_msg_id))
 }

@@ -43,7 +43,11 @@ pub struct NodeContext {
 pub async fn run(config: Config) -> anyhow::Result<()> {
     let config = Arc::new(config);
     let metrics = Arc::new(Metrics::default());
-    log::info!("node {} starting with store {:?}", config.node_id, config.store);
+    log::info!(
+        "node {} starting with store {:?}",
+        config.node_id,
+        config.store
+    );
     let store = store::open(&config.store).await?;
     let bus = bus::connect(&config, metrics.clone()).await?;
     // Subscribe first, then read state, so that nothing falls between the two.
@@ -57,7 +61,8 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         let writer_task = &mut writer_task;
         let bus_handle = bus.handle;
         ChatServer::create(move |ctx| {
-            let mut server = ChatServer::new(config.clone(), store.clone(), metrics.clone(), snapshot);
+            let mut server =
+                ChatServer::new(config.clone(), store.clone(), metrics.clone(), snapshot);
             let (writer, task) = writer::spawn(
                 store,
                 config.node_id.clone(),
@@ -122,7 +127,10 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     });
     http.await?;
     if let Some(task) = writer_task {
-        if tokio::time::timeout(config.shutdown_timeout, task).await.is_err() {
+        if tokio::time::timeout(config.shutdown_timeout, task)
+            .await
+            .is_err()
+        {
             log::warn!("the writer did not finish within SHUTDOWN_TIMEOUT_SECS");
         }
     }

@@ -80,30 +80,120 @@ impl Metrics {
         };
         let c = |c: &Counter| c.get().to_string();
         let g = |g: &Gauge| g.get().to_string();
-        line("connections", "gauge", "Open WebSocket connections.", g(&self.connections));
-        line("connections_total", "counter", "WebSocket connections accepted.", c(&self.connections_total));
-        line("commands_total", "counter", "Commands received.", c(&self.commands));
-        line("command_errors_total", "counter", "Commands answered with an error.", c(&self.command_errors));
-        line("rate_limited_total", "counter", "Commands refused by the rate limit.", c(&self.rate_limited));
-        line("evictions_total", "counter", "Slow consumers evicted (close 4000).", c(&self.evictions));
-        line("events_committed_total", "counter", "Events committed by this node.", c(&self.events_committed));
-        line("deliveries_total", "counter", "Event frames queued to local sockets.", c(&self.deliveries));
-        line("append_batches_total", "counter", "Append transactions.", c(&self.batches));
-        line("append_batched_total", "counter", "Appends handled in batches.", c(&self.batched_appends));
+        line(
+            "connections",
+            "gauge",
+            "Open WebSocket connections.",
+            g(&self.connections),
+        );
+        line(
+            "connections_total",
+            "counter",
+            "WebSocket connections accepted.",
+            c(&self.connections_total),
+        );
+        line(
+            "commands_total",
+            "counter",
+            "Commands received.",
+            c(&self.commands),
+        );
+        line(
+            "command_errors_total",
+            "counter",
+            "Commands answered with an error.",
+            c(&self.command_errors),
+        );
+        line(
+            "rate_limited_total",
+            "counter",
+            "Commands refused by the rate limit.",
+            c(&self.rate_limited),
+        );
+        line(
+            "evictions_total",
+            "counter",
+            "Slow consumers evicted (close 4000).",
+            c(&self.evictions),
+        );
+        line(
+            "events_committed_total",
+            "counter",
+            "Events committed by this node.",
+            c(&self.events_committed),
+        );
+        line(
+            "deliveries_total",
+            "counter",
+            "Event frames queued to local sockets.",
+            c(&self.deliveries),
+        );
+        line(
+            "append_batches_total",
+            "counter",
+            "Append transactions.",
+            c(&self.batches),
+        );
+        line(
+            "append_batched_total",
+            "counter",
+            "Appends handled in batches.",
+            c(&self.batched_appends),
+        );
         line(
             "append_seconds_total",
             "counter",
             "Time spent in append transactions.",
             format!("{:.6}", self.batch_seconds.get() as f64 / 1e6),
         );
-        line("store_errors_total", "counter", "Failed store operations.", c(&self.store_errors));
-        line("replays_total", "counter", "Joins with since that replayed events.", c(&self.replays));
-        line("replayed_events_total", "counter", "Events sent by replays.", c(&self.replayed_events));
-        line("gap_repairs_total", "counter", "Gaps in a room's seq repaired from the store.", c(&self.gap_repairs));
-        line("bus_published_total", "counter", "Events published on the bus.", c(&self.bus_published));
-        line("bus_received_total", "counter", "Events received from peers on the bus.", c(&self.bus_received));
-        line("bus_errors_total", "counter", "Bus publish or subscribe failures.", c(&self.bus_errors));
-        line("rooms", "gauge", "Rooms known to this node.", g(&self.rooms));
+        line(
+            "store_errors_total",
+            "counter",
+            "Failed store operations.",
+            c(&self.store_errors),
+        );
+        line(
+            "replays_total",
+            "counter",
+            "Joins with since that replayed events.",
+            c(&self.replays),
+        );
+        line(
+            "replayed_events_total",
+            "counter",
+            "Events sent by replays.",
+            c(&self.replayed_events),
+        );
+        line(
+            "gap_repairs_total",
+            "counter",
+            "Gaps in a room's seq repaired from the store.",
+            c(&self.gap_repairs),
+        );
+        line(
+            "bus_published_total",
+            "counter",
+            "Events published on the bus.",
+            c(&self.bus_published),
+        );
+        line(
+            "bus_received_total",
+            "counter",
+            "Events received from peers on the bus.",
+            c(&self.bus_received),
+        );
+        line(
+            "bus_errors_total",
+            "counter",
+            "Bus publish or subscribe failures.",
+            c(&self.bus_errors),
+        );
+        line(
+            "rooms",
+            "gauge",
+            "Rooms known to this node.",
+            g(&self.rooms),
+        );
         out
     }
 }

@@ -446,7 +446,9 @@ impl Fields<'_> {
     fn required_str(&self, name: &str) -> Result<&str, ProtoError> {
         match self.0.get(name) {
             Some(Value::String(s)) => Ok(s),
-            Some(_) => Err(ProtoError::invalid_field(format!("{name} must be a string"))),
+            Some(_) => Err(ProtoError::invalid_field(format!(
+                "{name} must be a string"
+            ))),
             None => Err(ProtoError::invalid_field(format!("{name} is required"))),
         }
     }
@@ -455,7 +457,9 @@ impl Fields<'_> {
         match self.0.get(name) {
             None | Some(Value::Null) => Ok(None),
             Some(Value::String(s)) => Ok(Some(s)),
-            Some(_) => Err(ProtoError::invalid_field(format!("{name} must be a string"))),
+            Some(_) => Err(ProtoError::invalid_field(format!(
+                "{name} must be a string"
+            ))),
         }
     }
 
@@ -483,9 +487,13 @@ impl Fields<'_> {
             None | Some(Value::Null) => Ok(DEFAULT_HISTORY_LIMIT),
             Some(Value::Number(n)) => match n.as_i64() {
                 Some(v) if (1..=MAX_HISTORY_LIMIT).contains(&v) => Ok(v),
-                _ => Err(ProtoError::invalid_field("limit must be an integer from 1 to 1000")),
+                _ => Err(ProtoError::invalid_field(
+                    "limit must be an integer from 1 to 1000",
+                )),
             },
-            Some(_) => Err(ProtoError::invalid_field("limit must be an integer from 1 to 1000")),
+            Some(_) => Err(ProtoError::invalid_field(
+                "limit must be an integer from 1 to 1000",
+            )),
         }
     }
 }
@@ -652,7 +660,11 @@ impl Reply<'_> {
 }
 
 /// An error frame for `err`, echoing `reference`.
-pub fn error_frame(reference: Option<&Ref>, err: &ProtoError, room: Option<&RoomName>) -> ByteString {
+pub fn error_frame(
+    reference: Option<&Ref>,
+    err: &ProtoError,
+    room: Option<&RoomName>,
+) -> ByteString {
     Reply::Error {
         reference,
         code: err.code,
@@ -708,8 +720,16 @@ mod tests {
 
     #[test]
     fn user_ids_are_strings_or_integers_without_control_characters() {
-        assert_eq!(UserId::from_json(&serde_json::json!(42)).unwrap().as_str(), "42");
-        assert_eq!(UserId::from_json(&serde_json::json!("ünï")).unwrap().as_str(), "ünï");
+        assert_eq!(
+            UserId::from_json(&serde_json::json!(42)).unwrap().as_str(),
+            "42"
+        );
+        assert_eq!(
+            UserId::from_json(&serde_json::json!("ünï"))
+                .unwrap()
+                .as_str(),
+            "ünï"
+        );
         assert!(UserId::parse(&"ü".repeat(64)).is_ok());
         assert!(UserId::parse(&"u".repeat(65)).is_err());
         assert!(UserId::parse("").is_err());
@@ -785,7 +805,10 @@ mod tests {
                 }
             }
         );
-        assert_eq!(parse(r#"{"type":"rooms"}"#).command.unwrap(), Command::Rooms);
+        assert_eq!(
+            parse(r#"{"type":"rooms"}"#).command.unwrap(),
+            Command::Rooms
+        );
     }
 
     #[test]
@@ -793,16 +816,31 @@ mod tests {
         let e = parse(r#"{"type":"join"}"#).command.unwrap_err();
         assert_eq!(e.code, ErrorCode::InvalidField);
         assert!(e.message.contains("room"));
-        let e = parse(r#"{"type":"join","room":"g","since":-1}"#).command.unwrap_err();
+        let e = parse(r#"{"type":"join","room":"g","since":-1}"#)
+            .command
+            .unwrap_err();
         assert!(e.message.contains("since"));
-        let e = parse(r#"{"type":"history","room":"g","limit":1001}"#).command.unwrap_err();
+        let e = parse(r#"{"type":"history","room":"g","limit":1001}"#)
+            .command
+            .unwrap_err();
         assert!(e.message.contains("limit"));
-        let e = parse(r#"{"type":"message","room":"g"}"#).command.unwrap_err();
+        let e = parse(r#"{"type":"message","room":"g"}"#)
+            .command
+            .unwrap_err();
         assert!(e.message.contains("message"));
-        assert_eq!(code(r#"{"type":"message","room":"g","message":""}"#), ErrorCode::InvalidField);
-        assert_eq!(code(r#"{"type":"message","room":"g","message":5}"#), ErrorCode::InvalidField);
+        assert_eq!(
+            code(r#"{"type":"message","room":"g","message":""}"#),
+            ErrorCode::InvalidField
+        );
+        assert_eq!(
+            code(r#"{"type":"message","room":"g","message":5}"#),
+            ErrorCode::InvalidField
+        );
         assert_eq!(code(r#"{"type":"join","room":5}"#), ErrorCode::InvalidField);
-        assert_eq!(code(r#"{"type":"join","room":"g","since":"1"}"#), ErrorCode::InvalidField);
+        assert_eq!(
+            code(r#"{"type":"join","room":"g","since":"1"}"#),
+            ErrorCode::InvalidField
+        );
         assert_eq!(
             code(r#"{"type":"message","room":"g","message":"x","client_msg_id":""}"#),
             ErrorCode::InvalidField
@@ -811,9 +849,11 @@ mod tests {
 
     #[test]
     fn message_length_counts_characters_against_the_limit() {
-        assert!(parse(r#"{"type":"message","room":"g","message":"éééééééééé"}"#)
-            .command
-            .is_ok());
+        assert!(
+            parse(r#"{"type":"message","room":"g","message":"éééééééééé"}"#)
+                .command
+                .is_ok()
+        );
         assert_eq!(
             code(r#"{"type":"message","room":"g","message":"01234567890"}"#),
             ErrorCode::MessageTooLong

@@ -301,7 +301,9 @@ impl ChatServer {
 
     /// Queues a message for a connection; evicts it when its mailbox is full.
     fn push(&mut self, conn: ConnId, msg: Deliver) {
-        let Some(c) = self.conns.get(&conn) else { return };
+        let Some(c) = self.conns.get(&conn) else {
+            return;
+        };
         if c.outbound.evicted.load(Ordering::Relaxed) {
             return;
         }
@@ -312,7 +314,13 @@ impl ChatServer {
         }
     }
 
-    fn send_error(&mut self, conn: ConnId, reference: Option<&Ref>, err: &ProtoError, room: Option<&RoomName>) {
+    fn send_error(
+        &mut self,
+        conn: ConnId,
+        reference: Option<&Ref>,
+        err: &ProtoError,
+        room: Option<&RoomName>,
+    ) {
         self.metrics.command_errors.inc();
         let frame = error_frame(reference, err, room);
         self.reply(conn, frame);
@@ -352,7 +360,9 @@ impl ChatServer {
             frames.push(frame);
         }
         for conn in order {
-            let Some(frames) = by_conn.remove(&conn) else { continue };
+            let Some(frames) = by_conn.remove(&conn) else {
+                continue;
+            };
             for chunk in frames.chunks(self.chunk) {
                 self.push(conn, Deliver::Frames(chunk.into()));
             }
@@ -362,7 +372,9 @@ impl ChatServer {
     /// Hands one room's outbox to its subscribers, shared: one allocation per
     /// room and batch, one mailbox message per subscriber.
     fn flush_room(&mut self, name: &RoomName) {
-        let Some(room) = self.rooms.get_mut(name) else { return };
+        let Some(room) = self.rooms.get_mut(name) else {
+            return;
+        };
         if room.outbox.is_empty() {
             return;
         }
@@ -374,7 +386,9 @@ impl ChatServer {
         let mut full = Vec::new();
         let mut delivered = 0u64;
         for id in &room.subscribers {
-            let Some(c) = self.conns.get_mut(id) else { continue };
+            let Some(c) = self.conns.get_mut(id) else {
+                continue;
+            };
             if let Some(replay) = c.replays.get_mut(name) {
                 // A resume in progress takes what comes after its replay.
                 let upto = replay.upto;
@@ -390,7 +404,11 @@ impl ChatServer {
                 continue;
             }
             for chunk in &chunks {
-                match offer(c, Deliver::Frames(chunk.clone()), self.config.session_mailbox) {
+                match offer(
+                    c,
+                    Deliver::Frames(chunk.clone()),
+                    self.config.session_mailbox,
+                ) {
                     Ok(()) => delivered += chunk.len() as u64,
                     Err(SendError::Full(_)) => {
                         full.push(*id);
@@ -438,11 +456,15 @@ impl ChatServer {
     fn subscribe(&mut self, conn: ConnId, room: &RoomName) -> bool {
         // Events already in the batch came before this subscription.
         self.flush_room(room);
-        let Some(c) = self.conns.get_mut(&conn) else { return false };
+        let Some(c) = self.conns.get_mut(&conn) else {
+            return false;
+        };
         if c.outbound.evicted.load(Ordering::Relaxed) {
             return false;
         }
-        let Some(r) = self.rooms.get_mut(room) else { return false };
+        let Some(r) = self.rooms.get_mut(room) else {
+            return false;
+        };
         r.subscribers.insert(conn);
         c.rooms.insert(room.clone());
         true
@@ -472,11 +494,15 @@ impl ChatServer {
         }
         let user_required = || ProtoError::invalid_field("user_id is required");
         match command {
-            Command::Create { room } => self.append(conn, reference, user, room, AppendOp::Create, None),
+            Command::Create { room } => {
+                self.append(conn, reference, user, room, AppendOp::Create, None)
+            }
             Command::Join { room, since } => {
                 self.append(conn, reference, user, room, AppendOp::Join, since)
             }
-            Command::Leave { room } => self.append(conn, reference, user, room, AppendOp::Leave, None),
+            Command::Leave { room } => {
+                self.append(conn, reference, user, room, AppendOp::Leave, None)
+            }
             Command::Message {
                 room,
                 text,
@@ -569,9 +595,9 @@ impl ChatServer {
 
     fn reply_error(&mut self, origin: Origin, room: &RoomName, err: ProtoError) {
         match origin {
-            Origin::Conn { conn, reference, .. } => {
-                self.send_error(conn, reference.as_ref(), &err, Some(room))
-            }
+            Origin::Conn {
+                conn, reference, ..
+            } => self.send_error(conn, reference.as_ref(), &err, Some(room)),
             Origin::Http(tx) => {
                 let _ = tx.send(Err(err));
             }
@@ -660,7 +686,13 @@ impl ChatServer {
 
     /// A join that added no event (the user was a member): subscribe, replay, ack.
     /// `stored_last` is the room's last seq in the store, which this node may lag.
-    fn join_member(&mut self, origin: Origin, room: &RoomName, stored_last: Seq, ctx: &mut Context<Self>) {
+    fn join_member(
+        &mut self,
+        origin: Origin,
+        room: &RoomName,
+        stored_last: Seq,
+        ctx: &mut Context<Self>,
+    ) {
         let Origin::Conn {
             conn,
             reference,
@@ -711,8 +743,12 @@ impl ChatServer {
 
     /// Acks the waiting resumes of a room that has caught up with them.
     fn end_waiting_replays(&mut self, room: &RoomName) {
-        let Some(last) = self.rooms.get(room).map(|r| r.last_seq) else { return };
-        let Some(waiting) = self.waiting_replays.get_mut(room) else { return };
+        let Some(last) = self.rooms.get(room).map(|r| r.last_seq) else {
+            return;
+        };
+        let Some(waiting) = self.waiting_replays.get_mut(room) else {
+            return;
+        };
         let mut ready = Vec::new();
         waiting.retain(|(conn, reference, resumed)| {
             let upto = self
@@ -747,7 +783,9 @@ impl ChatServer {
         if created {
             self.metrics.rooms.set(self.rooms.len() as i64);
         }
-        let Some(room) = self.rooms.get_mut(&event.room) else { return };
+        let Some(room) = self.rooms.get_mut(&event.room) else {
+            return;
+        };
         let next = room.last_seq + 1;
         if event.seq < next {
             // Delivered already (by a gap repair): only the origin still waits.
@@ -758,7 +796,10 @@ impl ChatServer {
         }
         if event.seq > next {
             room.known = room.known.max(event.seq);
-            room.pending.entry(event.seq).or_insert((event.clone(), None)).1 = origin;
+            room.pending
+                .entry(event.seq)
+                .or_insert((event.clone(), None))
+                .1 = origin;
             self.schedule_repair(event.room.clone(), ctx);
             return;
         }
@@ -783,7 +824,9 @@ impl ChatServer {
 
     /// Delivers the next event of a room: apply it, fan it out, answer its origin.
     fn deliver(&mut self, event: Event, origin: Option<Origin>, ctx: &mut Context<Self>) {
-        let Some(room) = self.rooms.get_mut(&event.room) else { return };
+        let Some(room) = self.rooms.get_mut(&event.room) else {
+            return;
+        };
         room.last_seq = event.seq;
         room.known = room.known.max(event.seq);
         match event.kind {
@@ -799,7 +842,9 @@ impl ChatServer {
         // so that it gets its own event before its ack.
         let mut replay_from = None;
         if let Some(Origin::Conn { conn, since, .. }) = &origin {
-            if matches!(event.kind, EventKind::Create | EventKind::Join) && self.subscribe(*conn, &event.room) {
+            if matches!(event.kind, EventKind::Create | EventKind::Join)
+                && self.subscribe(*conn, &event.room)
+            {
                 if let (EventKind::Join, Some(since)) = (event.kind, since) {
                     if let Some(c) = self.conns.get_mut(conn) {
                         c.replays.insert(
@@ -824,7 +869,12 @@ impl ChatServer {
             self.unsubscribe_user(&event.room, &event.user_id);
         }
         match (origin, replay_from) {
-            (Some(Origin::Conn { conn, reference, .. }), Some(since)) => {
+            (
+                Some(Origin::Conn {
+                    conn, reference, ..
+                }),
+                Some(since),
+            ) => {
                 let upto = event.seq;
                 self.run_replay(conn, reference, event.room.clone(), since, upto, ctx);
             }
@@ -835,7 +885,9 @@ impl ChatServer {
 
     /// Puts one event in its room's outbox, serialised once for every subscriber.
     fn fan_out(&mut self, event: &Event) {
-        let Some(room) = self.rooms.get_mut(&event.room) else { return };
+        let Some(room) = self.rooms.get_mut(&event.room) else {
+            return;
+        };
         if room.subscribers.is_empty() {
             return;
         }
@@ -850,7 +902,9 @@ impl ChatServer {
 
     /// After a leave, none of that user's local connections hears the room.
     fn unsubscribe_user(&mut self, room: &RoomName, user: &UserId) {
-        let Some(r) = self.rooms.get(room) else { return };
+        let Some(r) = self.rooms.get(room) else {
+            return;
+        };
         let conns: Vec<ConnId> = r
             .subscribers
             .iter()
@@ -865,7 +919,9 @@ impl ChatServer {
     /// Answers an append's origin once its event has been delivered.
     fn finish(&mut self, origin: Origin, event: &Event, duplicate: bool, _ctx: &mut Context<Self>) {
         match origin {
-            Origin::Conn { conn, reference, .. } => {
+            Origin::Conn {
+                conn, reference, ..
+            } => {
                 let frame = Reply::Ack(Ack {
                     reference: reference.as_ref(),
                     command: event.kind.as_str(),
@@ -892,11 +948,28 @@ impl ChatServer {
     /// Our own event was delivered by a gap repair before its commit reached
     /// us: the origin's connection still gets it (if it subscribes now), then its ack.
     fn finish_late(&mut self, origin: Origin, event: &Event, ctx: &mut Context<Self>) {
-        if let Origin::Conn { conn, since, reference } = &origin {
-            if matches!(event.kind, EventKind::Create | EventKind::Join) && self.subscribe(*conn, &event.room) {
+        if let Origin::Conn {
+            conn,
+            since,
+            reference,
+        } = &origin
+        {
+            if matches!(event.kind, EventKind::Create | EventKind::Join)
+                && self.subscribe(*conn, &event.room)
+            {
                 if let Some(since) = since {
-                    let upto = self.rooms.get(&event.room).map_or(event.seq, |r| r.last_seq);
-                    return self.start_replay(*conn, reference.clone(), &event.room, *since, upto, ctx);
+                    let upto = self
+                        .rooms
+                        .get(&event.room)
+                        .map_or(event.seq, |r| r.last_seq);
+                    return self.start_replay(
+                        *conn,
+                        reference.clone(),
+                        &event.room,
+                        *since,
+                        upto,
+                        ctx,
+                    );
                 }
                 self.send(*conn, event.to_frame());
             }
@@ -981,7 +1054,11 @@ impl ChatServer {
         events: Vec<Event>,
         recovered: Option<bool>,
     ) {
-        let Some(replay) = self.conns.get_mut(&conn).and_then(|c| c.replays.remove(room)) else {
+        let Some(replay) = self
+            .conns
+            .get_mut(&conn)
+            .and_then(|c| c.replays.remove(room))
+        else {
             // Left, evicted or gone meanwhile.
             return;
         };
@@ -1009,7 +1086,9 @@ impl ChatServer {
 
     /// A room's seq jumped: wait briefly for the missing events, then read them.
     fn schedule_repair(&mut self, room: RoomName, ctx: &mut Context<Self>) {
-        let Some(r) = self.rooms.get_mut(&room) else { return };
+        let Some(r) = self.rooms.get_mut(&room) else {
+            return;
+        };
         if r.repairing {
             return;
         }
@@ -1018,7 +1097,9 @@ impl ChatServer {
     }
 
     fn repair(&mut self, room: RoomName, ctx: &mut Context<Self>) {
-        let Some(r) = self.rooms.get_mut(&room) else { return };
+        let Some(r) = self.rooms.get_mut(&room) else {
+            return;
+        };
         let since = r.last_seq;
         // Read up to the first event waiting, or past the last one known.
         let before = r.pending.keys().next().copied().unwrap_or(r.known + 1);
@@ -1090,7 +1171,10 @@ impl ChatServer {
             members.entry(room).or_default().insert(user);
         }
         for (name, last) in snapshot.rooms {
-            let room = self.rooms.entry(name.clone()).or_insert_with(|| Room::new(0));
+            let room = self
+                .rooms
+                .entry(name.clone())
+                .or_insert_with(|| Room::new(0));
             if last > room.last_seq {
                 room.known = room.known.max(last);
                 self.schedule_repair(name, ctx);
@@ -1139,7 +1223,9 @@ impl Handler<Identify> for ChatServer {
     type Result = ();
 
     fn handle(&mut self, msg: Identify, _: &mut Context<Self>) {
-        let Some(c) = self.conns.get_mut(&msg.conn) else { return };
+        let Some(c) = self.conns.get_mut(&msg.conn) else {
+            return;
+        };
         if c.user.is_none() {
             c.user = Some(msg.user.clone());
             *self.online.entry(msg.user.clone()).or_default() += 1;
@@ -1152,7 +1238,9 @@ impl Handler<Disconnect> for ChatServer {
 
     fn handle(&mut self, msg: Disconnect, _: &mut Context<Self>) {
         self.unsubscribe_all(msg.conn);
-        let Some(c) = self.conns.remove(&msg.conn) else { return };
+        let Some(c) = self.conns.remove(&msg.conn) else {
+            return;
+        };
         if let Some(user) = c.user {
             if let Some(n) = self.online.get_mut(&user) {
                 *n -= 1;

@@ -19,7 +19,9 @@ use actix_web_actors::ws::{self, CloseCode, CloseReason, ProtocolError};
 use crate::protocol::{
     error_frame, parse_command, Command, CommandLimits, ErrorCode, ProtoError, Reply, UserId,
 };
-use crate::server::{ChatServer, ConnId, Connect, Deliver, Disconnect, Identify, Outbound, Request};
+use crate::server::{
+    ChatServer, ConnId, Connect, Deliver, Disconnect, Identify, Outbound, Request,
+};
 use crate::NodeContext;
 
 /// Close code for a slow consumer (PROTOCOL.md, Closing).
@@ -135,7 +137,9 @@ impl WsSession {
             },
         );
         let reference = parsed.reference;
-        let fail = |ctx: &mut ws::WebsocketContext<Self>, err: ProtoError, metrics: &crate::metrics::Metrics| {
+        let fail = |ctx: &mut ws::WebsocketContext<Self>,
+                    err: ProtoError,
+                    metrics: &crate::metrics::Metrics| {
             metrics.command_errors.inc();
             ctx.text(error_frame(reference.as_ref(), &err, None));
         };
@@ -240,7 +244,9 @@ impl Handler<Deliver> for WsSession {
     type Result = ();
 
     fn handle(&mut self, msg: Deliver, ctx: &mut Self::Context) {
-        self.outbound.queued.fetch_sub(msg.frames(), Ordering::Relaxed);
+        self.outbound
+            .queued
+            .fetch_sub(msg.frames(), Ordering::Relaxed);
         if self.outbound.evicted.load(Ordering::Relaxed) {
             ctx.close(Some(CloseReason {
                 code: CloseCode::Other(CLOSE_SLOW_CONSUMER),

@@ -73,7 +73,10 @@ pub fn spawn(
                     Err(e) => {
                         log::error!("append of a batch of {} failed: {e}", requests.len());
                         metrics.store_errors.inc();
-                        requests.iter().map(|_| Err(ProtoError::unavailable())).collect()
+                        requests
+                            .iter()
+                            .map(|_| Err(ProtoError::unavailable()))
+                            .collect()
                     }
                 };
             metrics.batches.inc();

@@ -13,9 +13,18 @@ fn bench(urls: &[String], extra: &[&str]) {
     for u in urls {
         cmd.args(["--url", u]);
     }
-    cmd.args(["--clients", "200", "--rooms", "10", "--senders", "10", "--rate", "500"])
-        .args(["--duration", "2", "--warmup", "1", "--check", "--quiet"])
-        .args(extra);
+    cmd.args([
+        "--clients",
+        "200",
+        "--rooms",
+        "10",
+        "--senders",
+        "10",
+        "--rate",
+        "500",
+    ])
+    .args(["--duration", "2", "--warmup", "1", "--check", "--quiet"])
+    .args(extra);
     let out = cmd.output().expect("run confab-bench");
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(
@@ -24,7 +33,10 @@ fn bench(urls: &[String], extra: &[&str]) {
         out.status,
         String::from_utf8_lossy(&out.stderr)
     );
-    assert!(stdout.contains("lost"), "the report names lost deliveries:\n{stdout}");
+    assert!(
+        stdout.contains("lost"),
+        "the report names lost deliveries:\n{stdout}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

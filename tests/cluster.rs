@@ -20,11 +20,14 @@ fn seq(f: &Value) -> i64 {
 async fn three_nodes_600_messages_arrive_in_one_identical_order() {
     let cluster = Cluster::start(3).await;
     let mut owner = cluster.client(0).await;
-    owner.ok(json!({"user_id":"owner","type":"create","room":"all"})).await;
+    owner
+        .ok(json!({"user_id":"owner","type":"create","room":"all"}))
+        .await;
     let mut clients = Vec::new();
     for i in 0..3 {
         let mut c = cluster.client(i).await;
-        c.ok(json!({"user_id":format!("u{i}"),"type":"join","room":"all"})).await;
+        c.ok(json!({"user_id":format!("u{i}"),"type":"join","room":"all"}))
+            .await;
         clients.push(c);
     }
     // seq 1 create, 2..=4 joins; each client joined after the previous ones.
@@ -59,13 +62,19 @@ async fn three_nodes_600_messages_arrive_in_one_identical_order() {
     }
     let want: Vec<i64> = (5..605).collect();
     for (i, v) in views.iter().enumerate() {
-        assert_eq!(v, &want, "client on node {i}: every message once, in seq order");
+        assert_eq!(
+            v, &want,
+            "client on node {i}: every message once, in seq order"
+        );
     }
     let stored = cluster.store.open().await.all_events().await.unwrap();
     let seqs: Vec<i64> = stored.iter().map(|e| e.seq).collect();
     let unique: BTreeSet<i64> = seqs.iter().copied().collect();
     assert_eq!(unique.len(), 604);
-    assert_eq!(unique.into_iter().collect::<Vec<_>>(), (1..=604).collect::<Vec<_>>());
+    assert_eq!(
+        unique.into_iter().collect::<Vec<_>>(),
+        (1..=604).collect::<Vec<_>>()
+    );
     let repairs = metric(&cluster, "confab_gap_repairs_total").await;
     eprintln!("gap repairs per node in the 3 x 200 test: {repairs:?}");
 }
@@ -142,14 +151,18 @@ async fn kill_9_of_a_node_loses_nothing_for_clients_that_resume_through_nginx() 
     let mut cluster = Cluster::start(3).await;
     let url = cluster.start_nginx();
     let mut poster = cluster.client(0).await;
-    poster.ok(json!({"user_id":"poster","type":"create","room":"flow"})).await;
+    poster
+        .ok(json!({"user_id":"poster","type":"create","room":"flow"}))
+        .await;
     // Six readers through nginx (least_conn spreads them over the nodes).
     let (target_tx, target_rx) = watch::channel(0i64);
     let mut readers = Vec::new();
     for i in 0..6 {
         let user = format!("r{i}");
         let mut c = Client::connect(&url).await;
-        let ack = c.ok(json!({"user_id":user,"type":"join","room":"flow"})).await;
+        let ack = c
+            .ok(json!({"user_id":user,"type":"join","room":"flow"}))
+            .await;
         readers.push(tokio::spawn(resilient_reader(
             url.clone(),
             user,
@@ -164,7 +177,8 @@ async fn kill_9_of_a_node_loses_nothing_for_clients_that_resume_through_nginx() 
     let (mut ptx, mut prx) = poster.split();
     let sender = tokio::spawn(async move {
         for k in 0..300 {
-            ptx.send(json!({"type":"message","room":"flow","message":format!("m{k}")})).await;
+            ptx.send(json!({"type":"message","room":"flow","message":format!("m{k}")}))
+                .await;
             tokio::time::sleep(Duration::from_millis(5)).await;
         }
     });
@@ -187,9 +201,16 @@ async fn kill_9_of_a_node_loses_nothing_for_clients_that_resume_through_nginx() 
             .expect("every reader catches up")
             .unwrap();
         total_reconnects += reconnects;
-        assert_eq!(seqs, (first_message..=last).collect::<Vec<_>>(), "every acked event once, in order");
+        assert_eq!(
+            seqs,
+            (first_message..=last).collect::<Vec<_>>(),
+            "every acked event once, in order"
+        );
     }
-    assert!(total_reconnects >= 1, "some readers were on the killed node");
+    assert!(
+        total_reconnects >= 1,
+        "some readers were on the killed node"
+    );
     let stored: BTreeSet<i64> = cluster
         .store
         .open()
@@ -210,15 +231,20 @@ async fn redis_restart_while_messages_flow_loses_and_doubles_nothing() {
     let mut redis = OwnRedis::start();
     let cluster = Cluster::start_on(2, redis.url()).await;
     let mut poster = cluster.client(0).await;
-    poster.ok(json!({"user_id":"p","type":"create","room":"flow"})).await;
+    poster
+        .ok(json!({"user_id":"p","type":"create","room":"flow"}))
+        .await;
     let mut reader = cluster.client(1).await;
-    let ack = reader.ok(json!({"user_id":"q","type":"join","room":"flow"})).await;
+    let ack = reader
+        .ok(json!({"user_id":"q","type":"join","room":"flow"}))
+        .await;
     assert_eq!(seq(&ack), 2);
     tokio::time::sleep(Duration::from_millis(300)).await;
     let (mut ptx, mut prx) = poster.split();
     let sender = tokio::spawn(async move {
         for k in 0..200 {
-            ptx.send(json!({"type":"message","room":"flow","message":format!("m{k}")})).await;
+            ptx.send(json!({"type":"message","room":"flow","message":format!("m{k}")}))
+                .await;
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
     });
@@ -245,7 +271,11 @@ async fn redis_restart_while_messages_flow_loses_and_doubles_nothing() {
     let mut seqs = Vec::new();
     let deadline = Instant::now() + Duration::from_secs(30);
     while seqs.last().copied().unwrap_or(0) < last {
-        assert!(Instant::now() < deadline, "reader stuck at {:?}", seqs.last());
+        assert!(
+            Instant::now() < deadline,
+            "reader stuck at {:?}",
+            seqs.last()
+        );
         let f = reader.recv().await;
         if f["type"] == "message" {
             seqs.push(seq(&f));
@@ -262,14 +292,20 @@ async fn redis_restart_while_messages_flow_loses_and_doubles_nothing() {
 async fn a_leave_on_one_node_refuses_the_next_message_on_another() {
     let cluster = Cluster::start(2).await;
     let mut owner = cluster.client(0).await;
-    owner.ok(json!({"user_id":"o","type":"create","room":"r"})).await;
+    owner
+        .ok(json!({"user_id":"o","type":"create","room":"r"}))
+        .await;
     let mut on_a = cluster.client(0).await;
     let mut on_b = cluster.client(1).await;
-    on_a.ok(json!({"user_id":"w","type":"join","room":"r"})).await;
-    on_b.ok(json!({"user_id":"w","type":"join","room":"r"})).await;
+    on_a.ok(json!({"user_id":"w","type":"join","room":"r"}))
+        .await;
+    on_b.ok(json!({"user_id":"w","type":"join","room":"r"}))
+        .await;
     on_a.ok(json!({"type":"leave","room":"r"})).await;
     // At once, before node B may have heard of it: the store decides.
-    let frames = on_b.cmd(json!({"type":"message","room":"r","message":"too late"})).await;
+    let frames = on_b
+        .cmd(json!({"type":"message","room":"r","message":"too late"}))
+        .await;
     assert_eq!(frames.last().unwrap()["code"], "not_a_member", "{frames:?}");
     // B's connection of that user got the leave and nothing after it.
     let mut got_leave = frames.iter().any(|f| f["type"] == "leave");
@@ -279,7 +315,9 @@ async fn a_leave_on_one_node_refuses_the_next_message_on_another() {
         }
     }
     assert!(got_leave);
-    owner.ok(json!({"type":"message","room":"r","message":"after"})).await;
+    owner
+        .ok(json!({"type":"message","room":"r","message":"after"}))
+        .await;
     assert!(on_b.try_recv(Duration::from_millis(500)).await.is_none());
 }
 
@@ -287,7 +325,9 @@ async fn a_leave_on_one_node_refuses_the_next_message_on_another() {
 async fn presence_is_seen_on_every_node_and_ends_with_the_connection_or_the_node() {
     let mut cluster = Cluster::start(3).await;
     let mut owner = cluster.client(0).await;
-    owner.ok(json!({"user_id":"o","type":"create","room":"r"})).await;
+    owner
+        .ok(json!({"user_id":"o","type":"create","room":"r"}))
+        .await;
     let mut u = cluster.client(1).await;
     u.ok(json!({"user_id":"u","type":"join","room":"r"})).await;
     let mut v = cluster.client(2).await;
@@ -304,7 +344,10 @@ async fn presence_is_seen_on_every_node_and_ends_with_the_connection_or_the_node
     async fn wait_for(c: &mut Client, who: &str, want: bool, within: Duration) -> Duration {
         let started = Instant::now();
         while online(c, who).await != want {
-            assert!(started.elapsed() < within, "{who} online={want} not seen within {within:?}");
+            assert!(
+                started.elapsed() < within,
+                "{who} online={want} not seen within {within:?}"
+            );
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
         started.elapsed()
@@ -322,10 +365,12 @@ async fn presence_is_seen_on_every_node_and_ends_with_the_connection_or_the_node
 async fn a_late_node_serves_the_same_rooms_and_history() {
     let mut cluster = Cluster::start(2).await;
     let mut a = cluster.client(0).await;
-    a.ok(json!({"user_id":"a","type":"create","room":"one"})).await;
+    a.ok(json!({"user_id":"a","type":"create","room":"one"}))
+        .await;
     a.ok(json!({"type":"create","room":"two"})).await;
     for k in 0..20 {
-        a.ok(json!({"type":"message","room":"one","message":format!("m{k}")})).await;
+        a.ok(json!({"type":"message","room":"one","message":format!("m{k}")}))
+            .await;
     }
     let late = cluster.add_node().await;
     let mut l = cluster.client(late).await;
@@ -336,14 +381,18 @@ async fn a_late_node_serves_the_same_rooms_and_history() {
     // A running peer follows the bus: equal within moments.
     let started = Instant::now();
     while b.reply(json!({"type":"rooms"})).await["rooms"] != rooms_a {
-        assert!(started.elapsed() < Duration::from_secs(3), "node 1 did not catch up");
+        assert!(
+            started.elapsed() < Duration::from_secs(3),
+            "node 1 did not catch up"
+        );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     let h = |c: &'static str| json!({"user_id":"a","type":"history","room":c,"limit":100});
     let ha = a.reply(h("one")).await["events"].clone();
     assert_eq!(l.reply(h("one")).await["events"], ha);
     // And it takes part in the live order at once.
-    l.ok(json!({"type":"message","room":"one","message":"from the late node"})).await;
+    l.ok(json!({"type":"message","room":"one","message":"from the late node"}))
+        .await;
     let f = a.recv().await;
     assert_eq!(f["message"], "from the late node");
     assert_eq!(seq(&f), 22);
@@ -356,8 +405,10 @@ async fn a_subscriber_on_the_channel_sees_every_event_as_json() {
     let mut pubsub = client.get_async_pubsub().await.unwrap();
     pubsub.subscribe(&cluster.channel).await.unwrap();
     let mut a = cluster.client(0).await;
-    a.ok(json!({"user_id":"a","type":"create","room":"watched"})).await;
-    a.ok(json!({"type":"message","room":"watched","message":"hello redis"})).await;
+    a.ok(json!({"user_id":"a","type":"create","room":"watched"}))
+        .await;
+    a.ok(json!({"type":"message","room":"watched","message":"hello redis"}))
+        .await;
     a.ok(json!({"type":"leave","room":"watched"})).await;
     let mut stream = pubsub.on_message();
     let mut seen = Vec::new();

@@ -36,11 +36,14 @@ async fn concurrent_posters_give_every_member_one_gap_free_order(b: Backend) {
     const EACH: usize = 60;
     let node = TestNode::start(b).await;
     let mut owner = node.client().await;
-    owner.ok(json!({"user_id":"owner","type":"create","room":"busy"})).await;
+    owner
+        .ok(json!({"user_id":"owner","type":"create","room":"busy"}))
+        .await;
     let mut posters = Vec::new();
     for i in 0..POSTERS {
         let mut c = node.client().await;
-        c.ok(json!({"user_id":format!("p{i}"),"type":"join","room":"busy"})).await;
+        c.ok(json!({"user_id":format!("p{i}"),"type":"join","room":"busy"}))
+            .await;
         posters.push(c);
     }
     // seqs 1 (create) ..= 1 + POSTERS (joins); the owner saw the joins.
@@ -75,8 +78,14 @@ async fn concurrent_posters_give_every_member_one_gap_free_order(b: Backend) {
         .collect();
     let total = POSTERS * EACH;
     let owner_view = collect_events(&mut owner, "busy", total).await;
-    let owner_seqs: Vec<i64> = owner_view.iter().map(|e| e["seq"].as_i64().unwrap()).collect();
-    assert_eq!(owner_seqs, ((base + 1)..=(base + total as i64)).collect::<Vec<_>>());
+    let owner_seqs: Vec<i64> = owner_view
+        .iter()
+        .map(|e| e["seq"].as_i64().unwrap())
+        .collect();
+    assert_eq!(
+        owner_seqs,
+        ((base + 1)..=(base + total as i64)).collect::<Vec<_>>()
+    );
     for t in tasks {
         let view = t.await.expect("poster task");
         let seqs: Vec<i64> = view.iter().map(|e| e["seq"].as_i64().unwrap()).collect();
@@ -93,7 +102,11 @@ async fn concurrent_posters_give_every_member_one_gap_free_order(b: Backend) {
     // The store holds exactly 1..=N for the room and rooms.last_seq matches.
     let store = node.store.open().await;
     let all = store.all_events().await.unwrap();
-    let seqs: Vec<i64> = all.iter().filter(|e| e.room.as_str() == "busy").map(|e| e.seq).collect();
+    let seqs: Vec<i64> = all
+        .iter()
+        .filter(|e| e.room.as_str() == "busy")
+        .map(|e| e.seq)
+        .collect();
     assert_eq!(seqs, (1..=base + total as i64).collect::<Vec<_>>());
     let snap = store.snapshot().await.unwrap();
     assert_eq!(snap.rooms.len(), 1);
@@ -103,9 +116,13 @@ async fn concurrent_posters_give_every_member_one_gap_free_order(b: Backend) {
 async fn join_with_since_while_busy_hands_over_without_gap_or_duplicate(b: Backend) {
     let node = TestNode::start(b).await;
     let mut poster = node.client().await;
-    poster.ok(json!({"user_id":"p","type":"create","room":"r"})).await;
+    poster
+        .ok(json!({"user_id":"p","type":"create","room":"r"}))
+        .await;
     let mut reader = node.client().await;
-    reader.ok(json!({"user_id":"q","type":"join","room":"r"})).await;
+    reader
+        .ok(json!({"user_id":"q","type":"join","room":"r"}))
+        .await;
     // seq 1 create, 2 join. The poster streams 400 messages without waiting.
     let send = tokio::spawn(async move {
         for k in 0..400 {
@@ -132,7 +149,11 @@ async fn join_with_since_while_busy_hands_over_without_gap_or_duplicate(b: Backe
         let f = back.recv().await;
         if f["type"] == "ack" {
             assert_eq!(f["recovered"], true, "{f}");
-            assert_eq!(f["seq"], seqs.last().copied().unwrap_or(last_seen), "ack seq = last given");
+            assert_eq!(
+                f["seq"],
+                seqs.last().copied().unwrap_or(last_seen),
+                "ack seq = last given"
+            );
             acked = Some(f);
         } else {
             seqs.push(f["seq"].as_i64().unwrap());
@@ -146,10 +167,13 @@ async fn join_with_since_while_busy_hands_over_without_gap_or_duplicate(b: Backe
 async fn restart_keeps_rooms_members_and_history(b: Backend) {
     let mut node = TestNode::start(b).await;
     let mut a = node.client().await;
-    a.ok(json!({"user_id":"a","type":"create","room":"keep"})).await;
+    a.ok(json!({"user_id":"a","type":"create","room":"keep"}))
+        .await;
     let mut c = node.client().await;
-    c.ok(json!({"user_id":"c","type":"join","room":"keep"})).await;
-    a.ok(json!({"type":"message","room":"keep","message":"before restart"})).await;
+    c.ok(json!({"user_id":"c","type":"join","room":"keep"}))
+        .await;
+    a.ok(json!({"type":"message","room":"keep","message":"before restart"}))
+        .await;
     let epoch = a.hello["epoch"].clone();
     let rooms_before = a.reply(json!({"type":"rooms"})).await["rooms"].clone();
     drop((a, c));
@@ -158,7 +182,10 @@ async fn restart_keeps_rooms_members_and_history(b: Backend) {
     let node2 = node.restart().await;
     let mut a = node2.client().await;
     assert_eq!(a.hello["epoch"], epoch, "same store, same epoch");
-    assert_eq!(a.reply(json!({"type":"rooms"})).await["rooms"], rooms_before);
+    assert_eq!(
+        a.reply(json!({"type":"rooms"})).await["rooms"],
+        rooms_before
+    );
     let members = a.reply(json!({"type":"members","room":"keep"})).await;
     let ids: BTreeSet<String> = members["members"]
         .as_array()
@@ -167,16 +194,21 @@ async fn restart_keeps_rooms_members_and_history(b: Backend) {
         .map(|m| m["user_id"].as_str().unwrap().to_string())
         .collect();
     assert_eq!(ids, BTreeSet::from(["a".to_string(), "c".to_string()]));
-    let page = a.reply(json!({"user_id":"a","type":"history","room":"keep"})).await;
+    let page = a
+        .reply(json!({"user_id":"a","type":"history","room":"keep"}))
+        .await;
     assert_eq!(page["events"][2]["message"], "before restart");
-    let ack = a.ok(json!({"type":"message","room":"keep","message":"after"})).await;
+    let ack = a
+        .ok(json!({"type":"message","room":"keep","message":"after"}))
+        .await;
     assert_eq!(ack["seq"], 4, "seq continues");
 }
 
 async fn kill_9_loses_no_acked_event_and_seq_continues(b: Backend) {
     let mut node = TestNode::start(b).await;
     let mut a = node.client().await;
-    a.ok(json!({"user_id":"a","type":"create","room":"crash"})).await;
+    a.ok(json!({"user_id":"a","type":"create","room":"crash"}))
+        .await;
     // Stream messages, collect acks, kill -9 mid-stream.
     for k in 0..300 {
         a.send(json!({"type":"message","room":"crash","message":format!("m{k}"),"ref":k}))
@@ -214,12 +246,22 @@ async fn kill_9_loses_no_acked_event_and_seq_continues(b: Backend) {
         .map(|e| (e.seq, e.message.unwrap_or_default()))
         .collect();
     for (seq, msg) in &acked {
-        assert_eq!(stored.get(seq), Some(msg), "acked event {seq} must be stored");
+        assert_eq!(
+            stored.get(seq),
+            Some(msg),
+            "acked event {seq} must be stored"
+        );
     }
     let max = *stored.keys().max().unwrap();
-    assert_eq!(stored.len() as i64, max, "stored seqs are 1..=max with no gap");
+    assert_eq!(
+        stored.len() as i64,
+        max,
+        "stored seqs are 1..=max with no gap"
+    );
     let mut a = node2.client().await;
-    let ack = a.ok(json!({"user_id":"a","type":"message","room":"crash","message":"after"})).await;
+    let ack = a
+        .ok(json!({"user_id":"a","type":"message","room":"crash","message":"after"}))
+        .await;
     assert_eq!(ack["seq"], max + 1, "seq continues after the crash");
 }
 
@@ -227,15 +269,19 @@ async fn folding_the_log_gives_the_stored_rooms_and_members(b: Backend) {
     let node = TestNode::start(b).await;
     let mut a = node.client().await;
     let mut u = node.client().await;
-    a.ok(json!({"user_id":"a","type":"create","room":"one"})).await;
+    a.ok(json!({"user_id":"a","type":"create","room":"one"}))
+        .await;
     a.ok(json!({"type":"create","room":"two"})).await;
-    u.ok(json!({"user_id":"u","type":"join","room":"one"})).await;
+    u.ok(json!({"user_id":"u","type":"join","room":"one"}))
+        .await;
     u.ok(json!({"type":"join","room":"two"})).await;
-    u.ok(json!({"type":"message","room":"one","message":"x"})).await;
+    u.ok(json!({"type":"message","room":"one","message":"x"}))
+        .await;
     u.ok(json!({"type":"leave","room":"one"})).await;
     u.ok(json!({"type":"join","room":"one"})).await;
     a.ok(json!({"type":"leave","room":"two"})).await;
-    u.ok(json!({"type":"message","room":"two","message":"y"})).await;
+    u.ok(json!({"type":"message","room":"two","message":"y"}))
+        .await;
 
     let store = node.store.open().await;
     let mut rooms: BTreeMap<String, i64> = BTreeMap::new();
@@ -256,8 +302,11 @@ async fn folding_the_log_gives_the_stored_rooms_and_members(b: Backend) {
         }
     }
     let snap = store.snapshot().await.unwrap();
-    let stored_rooms: BTreeMap<String, i64> =
-        snap.rooms.iter().map(|(r, s)| (r.to_string(), *s)).collect();
+    let stored_rooms: BTreeMap<String, i64> = snap
+        .rooms
+        .iter()
+        .map(|(r, s)| (r.to_string(), *s))
+        .collect();
     let stored_members: HashSet<(String, String)> = snap
         .members
         .iter()
@@ -272,7 +321,8 @@ async fn folding_the_log_gives_the_stored_rooms_and_members(b: Backend) {
 async fn sigterm_closes_sockets_with_1001(b: Backend) {
     let mut node = TestNode::start(b).await;
     let mut a = node.client().await;
-    a.ok(json!({"user_id":"a","type":"create","room":"r"})).await;
+    a.ok(json!({"user_id":"a","type":"create","room":"r"}))
+        .await;
     let watcher = tokio::spawn(async move { a.closed().await });
     tokio::time::sleep(Duration::from_millis(50)).await;
     assert!(node.terminate().success(), "a clean exit after SIGTERM");

@@ -40,7 +40,10 @@ async fn a_connection_past_the_rate_limit_is_refused_then_closed_with_1008() {
             Err(_) => panic!("no close after {limited} refusals"),
         }
     };
-    assert_eq!(limited, 5, "refusals up to RATE_LIMIT_CLOSE_AFTER, then the close");
+    assert_eq!(
+        limited, 5,
+        "refusals up to RATE_LIMIT_CLOSE_AFTER, then the close"
+    );
     assert_eq!(code, Some(1008));
     // Another connection is not affected.
     let mut d = node.client().await;
@@ -71,11 +74,16 @@ async fn a_client_that_stops_reading_is_evicted_with_4000_and_slows_nobody() {
     )
     .await;
     let mut poster = node.client().await;
-    poster.ok(json!({"user_id":"p","type":"create","room":"r"})).await;
+    poster
+        .ok(json!({"user_id":"p","type":"create","room":"r"}))
+        .await;
     let mut slow = node.client().await;
-    slow.ok(json!({"user_id":"s","type":"join","room":"r"})).await;
+    slow.ok(json!({"user_id":"s","type":"join","room":"r"}))
+        .await;
     let mut healthy = node.client().await;
-    healthy.ok(json!({"user_id":"h","type":"join","room":"r"})).await;
+    healthy
+        .ok(json!({"user_id":"h","type":"join","room":"r"}))
+        .await;
     poster.recv().await;
     poster.recv().await;
     // The healthy reader drains while the slow one reads nothing at all.
@@ -112,14 +120,20 @@ async fn a_client_that_stops_reading_is_evicted_with_4000_and_slows_nobody() {
     // The slow client finds, after what was already in its buffers, a 4000 close.
     assert_eq!(slow.closed().await, Some(4000));
     let (_, metrics) = node.http("GET", "/metrics", None).await;
-    assert!(metrics.contains("confab_evictions_total{node="), "{metrics}");
+    assert!(
+        metrics.contains("confab_evictions_total{node="),
+        "{metrics}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_client_that_answers_no_ping_is_dropped_after_the_idle_timeout() {
     let node = TestNode::start_with(
         Backend::Sqlite,
-        &[("HEARTBEAT_INTERVAL_SECS", "1"), ("CLIENT_TIMEOUT_SECS", "2")],
+        &[
+            ("HEARTBEAT_INTERVAL_SECS", "1"),
+            ("CLIENT_TIMEOUT_SECS", "2"),
+        ],
     )
     .await;
     let c = node.client().await;
@@ -127,7 +141,11 @@ async fn a_client_that_answers_no_ping_is_dropped_after_the_idle_timeout() {
     tokio::time::sleep(Duration::from_secs(4)).await;
     let started = Instant::now();
     let mut c: Client = c;
-    assert_eq!(c.closed().await, None, "dropped without a close frame (1006)");
+    assert_eq!(
+        c.closed().await,
+        None,
+        "dropped without a close frame (1006)"
+    );
     assert!(started.elapsed() < Duration::from_secs(2));
     // A client that reads (and so answers pings) stays.
     let mut d = node.client().await;
@@ -146,14 +164,32 @@ async fn without_postgres_appends_are_unavailable_and_the_node_recovers() {
     store.vars = vec![("DATABASE_URL".into(), via_proxy)];
     let node = TestNode::spawn(store, Vec::new()).await;
     let mut a = node.client().await;
-    a.ok(json!({"user_id":"a","type":"create","room":"r"})).await;
+    a.ok(json!({"user_id":"a","type":"create","room":"r"}))
+        .await;
 
     proxy.cut();
     let started = Instant::now();
-    let e = a.err(json!({"type":"message","room":"r","message":"lost?"}), "unavailable").await;
-    assert!(started.elapsed() < Duration::from_secs(3), "unavailable within 2 s, took {:?}", started.elapsed());
-    assert!(!e["message"].as_str().unwrap().to_lowercase().contains("postgres"), "no database text leaks: {e}");
-    a.err(json!({"type":"history","room":"r"}), "unavailable").await;
+    let e = a
+        .err(
+            json!({"type":"message","room":"r","message":"lost?"}),
+            "unavailable",
+        )
+        .await;
+    assert!(
+        started.elapsed() < Duration::from_secs(3),
+        "unavailable within 2 s, took {:?}",
+        started.elapsed()
+    );
+    assert!(
+        !e["message"]
+            .as_str()
+            .unwrap()
+            .to_lowercase()
+            .contains("postgres"),
+        "no database text leaks: {e}"
+    );
+    a.err(json!({"type":"history","room":"r"}), "unavailable")
+        .await;
     let (status, body) = node.http("GET", "/health", None).await;
     assert_eq!(status, 503, "{body}");
     let health: Value = serde_json::from_str(&body).unwrap();
@@ -164,7 +200,9 @@ async fn without_postgres_appends_are_unavailable_and_the_node_recovers() {
     proxy.restore();
     let mut ack = None;
     for _ in 0..50 {
-        let r = a.reply(json!({"type":"message","room":"r","message":"back"})).await;
+        let r = a
+            .reply(json!({"type":"message","room":"r","message":"back"}))
+            .await;
         if r["type"] == "ack" {
             ack = Some(r);
             break;
@@ -185,9 +223,11 @@ async fn a_full_writer_queue_answers_unavailable_and_stores_nothing_of_it() {
     )
     .await;
     let mut a = node.client().await;
-    a.ok(json!({"user_id":"a","type":"create","room":"r"})).await;
+    a.ok(json!({"user_id":"a","type":"create","room":"r"}))
+        .await;
     for k in 0..300 {
-        a.send(json!({"type":"message","room":"r","message":format!("m{k}"),"ref":k})).await;
+        a.send(json!({"type":"message","room":"r","message":format!("m{k}"),"ref":k}))
+            .await;
     }
     let mut acked = std::collections::BTreeSet::new();
     let mut refused = std::collections::BTreeSet::new();
@@ -204,7 +244,10 @@ async fn a_full_writer_queue_answers_unavailable_and_stores_nothing_of_it() {
             other => panic!("unexpected {other:?}: {f}"),
         }
     }
-    assert!(!refused.is_empty(), "a queue of one cannot take 300 at once");
+    assert!(
+        !refused.is_empty(),
+        "a queue of one cannot take 300 at once"
+    );
     let store = node.store.open().await;
     let stored: std::collections::BTreeSet<i64> = store
         .all_events()

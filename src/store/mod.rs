@@ -110,8 +110,11 @@ pub trait EventStore: Send + Sync + 'static {
 
     /// Decides and commits a batch in one transaction, in order. An `Err`
     /// means nothing of the batch was stored.
-    async fn append(&self, batch: &[AppendRequest], node: &str)
-        -> Result<Vec<AppendOutcome>, StoreError>;
+    async fn append(
+        &self,
+        batch: &[AppendRequest],
+        node: &str,
+    ) -> Result<Vec<AppendOutcome>, StoreError>;
 
     /// Every room and membership (cost grows with rooms and members, not history).
     async fn snapshot(&self) -> Result<Snapshot, StoreError>;
@@ -273,7 +276,8 @@ pub fn plan(batch: &[AppendRequest], mut loaded: Loaded, node: &str, at: DateTim
         {
             let sent_key = (req.room.clone(), req.user.clone(), c.clone());
             if let Some(original) = loaded.sent.get(&sent_key) {
-                plan.outcomes.push(AppendOutcome::Duplicate(original.clone()));
+                plan.outcomes
+                    .push(AppendOutcome::Duplicate(original.clone()));
                 continue;
             }
         }
@@ -288,7 +292,11 @@ pub fn plan(batch: &[AppendRequest], mut loaded: Loaded, node: &str, at: DateTim
             AppendOp::Message {
                 text,
                 client_msg_id,
-            } => (EventKind::Message, Some(text.clone()), client_msg_id.clone()),
+            } => (
+                EventKind::Message,
+                Some(text.clone()),
+                client_msg_id.clone(),
+            ),
         };
         // unwrap-free: the room is in `loaded.rooms` (checked or inserted above).
         let seq = match loaded.rooms.get_mut(&req.room) {
@@ -324,9 +332,10 @@ pub fn plan(batch: &[AppendRequest], mut loaded: Loaded, node: &str, at: DateTim
             at,
         };
         if let Some(c) = &event.client_msg_id {
-            loaded
-                .sent
-                .insert((event.room.clone(), event.user_id.clone(), c.clone()), event.clone());
+            loaded.sent.insert(
+                (event.room.clone(), event.user_id.clone(), c.clone()),
+                event.clone(),
+            );
         }
         plan.events.push(event.clone());
         plan.outcomes.push(AppendOutcome::Appended(event));
@@ -418,15 +427,33 @@ mod tests {
         let p = plan(&batch, Loaded::default(), "n", Utc::now());
         let seqs: Vec<Seq> = p.events.iter().map(|e| e.seq).collect();
         assert_eq!(seqs, vec![1, 2, 3, 4]);
-        assert!(matches!(p.outcomes[1], AppendOutcome::Refused(Refusal::NotAMember)));
+        assert!(matches!(
+            p.outcomes[1],
+            AppendOutcome::Refused(Refusal::NotAMember)
+        ));
         assert!(matches!(&p.outcomes[4], AppendOutcome::Duplicate(e) if e.seq == 3));
-        assert!(matches!(p.outcomes[5], AppendOutcome::Refused(Refusal::RoomExists)));
-        assert!(matches!(p.outcomes[7], AppendOutcome::Refused(Refusal::NotAMember)));
-        assert!(matches!(p.outcomes[8], AppendOutcome::Refused(Refusal::NoSuchRoom)));
+        assert!(matches!(
+            p.outcomes[5],
+            AppendOutcome::Refused(Refusal::RoomExists)
+        ));
+        assert!(matches!(
+            p.outcomes[7],
+            AppendOutcome::Refused(Refusal::NotAMember)
+        ));
+        assert!(matches!(
+            p.outcomes[8],
+            AppendOutcome::Refused(Refusal::NoSuchRoom)
+        ));
         assert_eq!(p.last_seqs, vec![(room("g"), 4)]);
         let mut m = p.membership.clone();
         m.sort();
-        assert_eq!(m, vec![(room("g"), user("1"), Some(1)), (room("g"), user("2"), None)]);
+        assert_eq!(
+            m,
+            vec![
+                (room("g"), user("1"), Some(1)),
+                (room("g"), user("2"), None)
+            ]
+        );
     }
 
     #[test]
@@ -451,9 +478,17 @@ mod tests {
 
     #[test]
     fn page_queries_cut_as_the_protocol_says() {
-        let q = PageQuery::of(HistoryRange { since: Some(3), before: None, limit: 2 });
+        let q = PageQuery::of(HistoryRange {
+            since: Some(3),
+            before: None,
+            limit: 2,
+        });
         assert_eq!((q.lower, q.descending, q.fetch), (3, false, 3));
-        let q = PageQuery::of(HistoryRange { since: None, before: Some(9), limit: 2 });
+        let q = PageQuery::of(HistoryRange {
+            since: None,
+            before: Some(9),
+            limit: 2,
+        });
         assert_eq!((q.upper, q.descending), (9, true));
     }
 }

@@ -24,7 +24,8 @@ use crate::config::redact_url;
 use crate::protocol::{now_micros, Event, EventKind, HistoryRange, RoomName, UserId};
 
 /// Migrations in order: (version, name, SQL). Each file of `sql/` is listed here.
-const MIGRATIONS: &[(i64, &str, &str)] = &[(1, "0001_init", include_str!("../../sql/0001_init.sql"))];
+const MIGRATIONS: &[(i64, &str, &str)] =
+    &[(1, "0001_init", include_str!("../../sql/0001_init.sql"))];
 
 /// Key of the advisory lock that serialises migrations between nodes starting together.
 const MIGRATION_LOCK: i64 = 0x636f_6e66_6162;
@@ -295,12 +296,15 @@ impl EventStore for PgStore {
         let left_users: Vec<&str> = left.iter().map(|(_, u, _)| u.as_str()).collect();
         let node = node.to_owned();
 
-        let event_params: [&(dyn tokio_postgres::types::ToSql + Sync); 8] =
-            [&ev_rooms, &ev_seqs, &ev_types, &ev_users, &ev_msgs, &ev_cids, &node, &at];
-        let last_params: [&(dyn tokio_postgres::types::ToSql + Sync); 2] = [&last_rooms, &last_seqs];
+        let event_params: [&(dyn tokio_postgres::types::ToSql + Sync); 8] = [
+            &ev_rooms, &ev_seqs, &ev_types, &ev_users, &ev_msgs, &ev_cids, &node, &at,
+        ];
+        let last_params: [&(dyn tokio_postgres::types::ToSql + Sync); 2] =
+            [&last_rooms, &last_seqs];
         let join_params: [&(dyn tokio_postgres::types::ToSql + Sync); 3] =
             [&join_rooms, &join_users, &join_seqs];
-        let leave_params: [&(dyn tokio_postgres::types::ToSql + Sync); 2] = [&left_rooms, &left_users];
+        let leave_params: [&(dyn tokio_postgres::types::ToSql + Sync); 2] =
+            [&left_rooms, &left_users];
         let (rows, _, _, _) = futures_util::try_join!(
             tx.query(&insert_events, &event_params),
             tx.execute(&set_last, &last_params),
@@ -390,7 +394,10 @@ impl EventStore for PgStore {
     async fn all_events(&self) -> Result<Vec<Event>, StoreError> {
         let client = self.pool.get().await?;
         let rows = client
-            .query(&format!("SELECT {EVENT_COLUMNS} FROM events ORDER BY id"), &[])
+            .query(
+                &format!("SELECT {EVENT_COLUMNS} FROM events ORDER BY id"),
+                &[],
+            )
             .await?;
         rows.iter().map(event_from_row).collect()
     }

@@ -11,7 +11,7 @@ use chrono::{DateTime, SecondsFormat, Utc};
 use rusqlite::{params, Connection, OptionalExtension, Row, TransactionBehavior};
 
 use super::{
-    plan, AppendRequest, AppendOutcome, EventStore, Keys, Loaded, Page, PageQuery, Refusal,
+    plan, AppendOutcome, AppendRequest, EventStore, Keys, Loaded, Page, PageQuery, Refusal,
     Snapshot, StoreError,
 };
 use crate::protocol::{now_micros, Event, EventKind, HistoryRange, RoomName, UserId};
@@ -50,7 +50,9 @@ impl SqliteStore {
         )?;
         migrate(&mut writer).with_context(|| format!("cannot migrate SQLITE_PATH={path}"))?;
         let epoch: String =
-            writer.query_row("SELECT value FROM meta WHERE key = 'epoch'", [], |r| r.get(0))?;
+            writer.query_row("SELECT value FROM meta WHERE key = 'epoch'", [], |r| {
+                r.get(0)
+            })?;
         let reader = Connection::open(path)?;
         reader.execute_batch("PRAGMA busy_timeout=5000; PRAGMA query_only=ON;")?;
         Ok(SqliteStore {
@@ -139,10 +141,7 @@ fn append_blocking(
     {
         let mut room = tx.prepare_cached("SELECT last_seq FROM rooms WHERE name = ?1")?;
         for name in &keys.rooms {
-            if let Some(last) = room
-                .query_row([name.as_str()], |r| r.get(0))
-                .optional()?
-            {
+            if let Some(last) = room.query_row([name.as_str()], |r| r.get(0)).optional()? {
                 loaded.rooms.insert(name.clone(), last);
             }
         }
@@ -159,7 +158,10 @@ fn append_blocking(
         ))?;
         for key in keys.sent {
             if let Some(ev) = sent
-                .query_row([key.0.as_str(), key.1.as_str(), key.2.as_str()], event_from_row)
+                .query_row(
+                    [key.0.as_str(), key.1.as_str(), key.2.as_str()],
+                    event_from_row,
+                )
                 .optional()?
             {
                 loaded.sent.insert(key, ev);
@@ -233,7 +235,10 @@ impl EventStore for SqliteStore {
     ) -> Result<Vec<AppendOutcome>, StoreError> {
         let batch = batch.to_vec();
         let node = node.to_owned();
-        Self::with(&self.writer, move |conn| append_blocking(conn, &batch, &node)).await
+        Self::with(&self.writer, move |conn| {
+            append_blocking(conn, &batch, &node)
+        })
+        .await
     }
 
     async fn snapshot(&self) -> Result<Snapshot, StoreError> {
@@ -304,7 +309,8 @@ impl EventStore for SqliteStore {
 
     async fn all_events(&self) -> Result<Vec<Event>, StoreError> {
         Self::with(&self.reader, |conn| {
-            let mut st = conn.prepare(&format!("SELECT {EVENT_COLUMNS} FROM events ORDER BY id"))?;
+            let mut st =
+                conn.prepare(&format!("SELECT {EVENT_COLUMNS} FROM events ORDER BY id"))?;
             let rows = st.query_map([], event_from_row)?;
             Ok(rows.collect::<rusqlite::Result<Vec<Event>>>()?)
         })

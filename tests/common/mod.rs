@@ -126,7 +126,9 @@ impl StoreEnv {
     pub async fn open(&self) -> Arc<dyn confab::store::EventStore> {
         let vars: HashMap<String, String> = self.vars.iter().cloned().collect();
         let config = confab::config::Config::from_vars(vars).expect("config");
-        confab::store::open(&config.store).await.expect("open store")
+        confab::store::open(&config.store)
+            .await
+            .expect("open store")
     }
 }
 
@@ -338,7 +340,9 @@ impl Client {
     pub async fn try_recv(&mut self, wait: Duration) -> Option<Value> {
         let deadline = tokio::time::Instant::now() + wait;
         loop {
-            let msg = tokio::time::timeout_at(deadline, self.ws.next()).await.ok()?;
+            let msg = tokio::time::timeout_at(deadline, self.ws.next())
+                .await
+                .ok()?;
             match msg {
                 Some(Ok(Message::Text(t))) => {
                     return Some(serde_json::from_str(&t).expect("frame is JSON"))
@@ -437,7 +441,10 @@ pub struct ClientTx(futures_util::stream::SplitSink<Ws, Message>);
 
 impl ClientTx {
     pub async fn send(&mut self, v: Value) {
-        self.0.send(Message::text(v.to_string())).await.expect("send");
+        self.0
+            .send(Message::text(v.to_string()))
+            .await
+            .expect("send");
     }
 }
 
@@ -461,9 +468,15 @@ impl ClientRx {
 
 /// Checks that `events` of one room are exactly seqs `from..=to` in order.
 pub fn assert_contiguous(events: &[Value], from: i64, to: i64) {
-    let seqs: Vec<i64> = events.iter().map(|e| e["seq"].as_i64().expect("seq")).collect();
+    let seqs: Vec<i64> = events
+        .iter()
+        .map(|e| e["seq"].as_i64().expect("seq"))
+        .collect();
     let want: Vec<i64> = (from..=to).collect();
-    assert_eq!(seqs, want, "seqs should run {from}..={to} with no gap or duplicate");
+    assert_eq!(
+        seqs, want,
+        "seqs should run {from}..={to} with no gap or duplicate"
+    );
 }
 
 /// A TCP proxy a test can cut and restore, to take a service away from a
@@ -477,7 +490,9 @@ pub struct CutProxy {
 
 impl CutProxy {
     pub async fn start(target: String) -> CutProxy {
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind proxy");
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind proxy");
         let port = listener.local_addr().expect("addr").port();
         let up = Arc::new(std::sync::atomic::AtomicBool::new(true));
         let conns: Arc<Mutex<Vec<tokio::task::JoinHandle<()>>>> = Arc::default();
@@ -492,7 +507,8 @@ impl CutProxy {
                     let target = target.clone();
                     let task = tokio::spawn(async move {
                         if let Ok(mut outbound) = TcpStream::connect(&target).await {
-                            let _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound).await;
+                            let _ =
+                                tokio::io::copy_bidirectional(&mut inbound, &mut outbound).await;
                         }
                     });
                     if let Ok(mut c) = conns.lock() {
@@ -501,7 +517,12 @@ impl CutProxy {
                 }
             })
         };
-        CutProxy { port, up, conns, accept }
+        CutProxy {
+            port,
+            up,
+            conns,
+            accept,
+        }
     }
 
     /// Breaks every connection and refuses new ones.
@@ -531,8 +552,15 @@ pub fn reroute_url(url: &str, host_port: &str) -> (String, String) {
     let (scheme, rest) = url.split_once("://").expect("url scheme");
     let (auth, after) = rest.rsplit_once('@').map_or(("", rest), |(a, b)| (a, b));
     let (target, path) = after.split_once('/').map_or((after, ""), |(t, p)| (t, p));
-    let at = if auth.is_empty() { String::new() } else { format!("{auth}@") };
-    (target.to_string(), format!("{scheme}://{at}{host_port}/{path}"))
+    let at = if auth.is_empty() {
+        String::new()
+    } else {
+        format!("{auth}@")
+    };
+    (
+        target.to_string(),
+        format!("{scheme}://{at}{host_port}/{path}"),
+    )
 }
 
 /// Several nodes on one PostgreSQL database and one Redis channel (each
