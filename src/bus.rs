@@ -21,7 +21,7 @@
 use std::collections::HashSet;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use actix::prelude::*;
 use anyhow::Context as _;
@@ -328,19 +328,26 @@ async fn presence(
     let own_key = format!("{channel}:presence:{node}");
     let ttl_ms = PRESENCE_TTL.as_millis() as i64;
     let mut tick = tokio::time::interval(PRESENCE_TICK);
-    let mut written: Option<Vec<UserId>> = None;
+    // What this node last wrote, and when: the set is written again when it
+    // changes, after a failed tick, and every PRESENCE_TTL / 2 (Redis may
+    // have lost it: a restart without persistence, or an outage).
+    let mut written: Option<(Vec<UserId>, Instant)> = None;
+    let mut last_read = Instant::now();
     loop {
         tick.tick().await;
         let local = match server.send(LocalPresence).await {
             Ok(users) => users,
             Err(_) => return,
         };
+        let fresh = written
+            .as_ref()
+            .is_some_and(|(w, at)| *w == local && at.elapsed() < PRESENCE_TTL / 2);
         let result = async {
             let mut conn = pool.get().await.map_err(|e| anyhow::anyhow!("{e}"))?;
             let now_ms = chrono::Utc::now().timestamp_millis();
             let mut pipe = redis::pipe();
             pipe.atomic();
-            if written.as_ref() != Some(&local) {
+            if !fresh {
                 pipe.del(&own_key).ignore();
                 if !local.is_empty() {
                     pipe.sadd(
@@ -373,11 +380,24 @@ async fn presence(
         .await;
         match result {
             Ok(sets) => {
-                written = Some(local);
+                if !fresh {
+                    written = Some((local, Instant::now()));
+                }
+                last_read = Instant::now();
                 let users = sets.into_iter().flatten().map(UserId::trusted).collect();
                 server.do_send(RemotePresence { users });
             }
-            Err(e) => log::debug!("presence update failed: {e}"),
+            Err(e) => {
+                log::debug!("presence update failed: {e}");
+                written = None;
+                // What the other nodes said is as old as a dead node's key
+                // would be: nobody elsewhere is known to be online any more.
+                if last_read.elapsed() > PRESENCE_TTL {
+                    server.do_send(RemotePresence {
+                        users: Default::default(),
+                    });
+                }
+            }
         }
     }
 }

@@ -339,16 +339,25 @@ pub fn parse_command(text: &str, limits: CommandLimits) -> Parsed {
             )
         }
     };
+    let user_id = match obj.get("user_id") {
+        None | Some(Value::Null) => Ok(None),
+        Some(v) => UserId::from_json(v).map(Some),
+    };
+    // An invalid ref is answered without a ref, but a valid user_id beside it
+    // still sets the connection's identity (PROTOCOL.md, Identity).
     let reference = match obj.get("ref").map(Ref::from_json).transpose() {
         Ok(r) => r,
-        Err(e) => return Parsed::failed(None, e),
+        Err(e) => {
+            return Parsed {
+                reference: None,
+                user_id: user_id.ok().flatten(),
+                command: Err(e),
+            }
+        }
     };
-    let user_id = match obj.get("user_id") {
-        None | Some(Value::Null) => None,
-        Some(v) => match UserId::from_json(v) {
-            Ok(u) => Some(u),
-            Err(e) => return Parsed::failed(reference, e),
-        },
+    let user_id = match user_id {
+        Ok(u) => u,
+        Err(e) => return Parsed::failed(reference, e),
     };
     let command = parse_fields(&obj, limits);
     Parsed {
@@ -772,6 +781,10 @@ mod tests {
         let p = parse(r#"{"type":"message","user_id":5,"room":"bad room"}"#);
         assert_eq!(p.user_id, Some(UserId::trusted("5".into())));
         assert_eq!(p.command.unwrap_err().code, ErrorCode::InvalidRoom);
+        let p = parse(r#"{"type":"ping","ref":{},"user_id":"9"}"#);
+        assert_eq!(p.reference, None);
+        assert_eq!(p.user_id, Some(UserId::trusted("9".into())));
+        assert_eq!(p.command.unwrap_err().code, ErrorCode::InvalidField);
     }
 
     #[test]

@@ -430,6 +430,10 @@ impl ChatServer {
             c.outbound.evicted.store(true, Ordering::Relaxed);
             self.metrics.evictions.inc();
             log::info!("evicting slow consumer {conn:?}");
+            // Wake the session so that it closes with 4000 even when nothing
+            // else is queued for it (a replay buffer that overflowed). When
+            // its mailbox is full this fails, and what is queued wakes it.
+            let _ = c.addr.try_send(Deliver::Frames(Arc::from([])));
         }
         self.unsubscribe_all(conn);
     }
@@ -1024,6 +1028,7 @@ impl ChatServer {
             before: Some(upto + 1),
             limit: missed,
         };
+        let replayed = room.clone();
         let fut = async move { store.events(&room, range).await.map(|p| (room, p)) };
         ctx.spawn(fut.into_actor(self).map(move |res, act, _| match res {
             Ok((room, page)) => {
@@ -1038,8 +1043,15 @@ impl ChatServer {
             Err(e) => {
                 log::error!("replay read failed: {e}");
                 act.metrics.store_errors.inc();
-                act.send_error(conn, reference.as_ref(), &ProtoError::unavailable(), None);
-                act.unsubscribe_all(conn);
+                // The join is stored, but this connection cannot be given
+                // what it missed: it is not subscribed, and may join again.
+                act.unsubscribe(conn, &replayed);
+                act.send_error(
+                    conn,
+                    reference.as_ref(),
+                    &ProtoError::unavailable(),
+                    Some(&replayed),
+                );
             }
         }));
     }

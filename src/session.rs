@@ -143,6 +143,17 @@ impl WsSession {
             metrics.command_errors.inc();
             ctx.text(error_frame(reference.as_ref(), &err, None));
         };
+        // The first valid user_id is the connection's, whatever becomes of
+        // the frame that carries it (PROTOCOL.md, Identity).
+        if let (None, Some(user)) = (&self.user, &parsed.user_id) {
+            self.user = Some(user.clone());
+            if let Some(conn) = self.conn {
+                self.server().do_send(Identify {
+                    conn,
+                    user: user.clone(),
+                });
+            }
+        }
         if !self.take_token() {
             self.node.metrics.rate_limited.inc();
             if self.rate.strikes > self.node.config.rate_close_after {
@@ -159,22 +170,13 @@ impl WsSession {
             );
             return fail(ctx, err, &self.node.metrics);
         }
-        if let Some(user) = parsed.user_id {
-            match &self.user {
-                None => {
-                    self.user = Some(user.clone());
-                    if let Some(conn) = self.conn {
-                        self.server().do_send(Identify { conn, user });
-                    }
-                }
-                Some(current) if *current != user => {
-                    let err = ProtoError::new(
-                        ErrorCode::UserMismatch,
-                        format!("this connection speaks for user {current}"),
-                    );
-                    return fail(ctx, err, &self.node.metrics);
-                }
-                Some(_) => {}
+        if let (Some(user), Some(current)) = (&parsed.user_id, &self.user) {
+            if user != current {
+                let err = ProtoError::new(
+                    ErrorCode::UserMismatch,
+                    format!("this connection speaks for user {current}"),
+                );
+                return fail(ctx, err, &self.node.metrics);
             }
         }
         let command: Command = match parsed.command {

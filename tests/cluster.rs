@@ -286,6 +286,25 @@ async fn redis_restart_while_messages_flow_loses_and_doubles_nothing() {
     eprintln!("gap repairs per node across the Redis restart: {repairs:?}");
     let (status, _) = cluster.node(1).http("GET", "/health", None).await;
     assert_eq!(status, 200, "healthy again");
+    // The restarted Redis lost every presence key: node 0 writes its users
+    // again, and node 1 sees p online within PRESENCE_TTL / 2 and a tick.
+    let deadline = Instant::now() + Duration::from_secs(8);
+    loop {
+        let r = reader.reply(json!({"type":"members","room":"flow"})).await;
+        let p_online = r["members"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .any(|m| m["user_id"] == "p" && m["online"] == true);
+        if p_online {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "p (on node 0) is still offline on node 1 after the Redis restart: {r}"
+        );
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
