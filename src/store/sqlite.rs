@@ -1,9 +1,14 @@
 //! The embedded event store: one SQLite file (WAL, `synchronous=FULL`, so an
 //! ack survives a crash and a power cut). One connection writes, one reads;
-//! both run on tokio's blocking threads, never on an actor's thread.
+//! both run on tokio's blocking threads, never on an actor's thread. A third
+//! connection, on a thread of its own, checkpoints the WAL into the database
+//! file, so that no commit waits for a checkpoint (SQLite's automatic one
+//! runs inside the commit that crosses its threshold and stalled appends for
+//! hundreds of milliseconds under load).
 
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
+use std::sync::{mpsc, Arc, Mutex};
+use std::time::Duration;
 
 use anyhow::{anyhow, Context};
 use async_trait::async_trait;
@@ -25,10 +30,15 @@ const MIGRATIONS: &[(i64, &str, &str)] = &[(
 
 const EVENT_COLUMNS: &str = "id, room, seq, type, user_id, message, client_msg_id, node, at";
 
+/// How often the checkpointer copies the WAL into the database file.
+const CHECKPOINT_INTERVAL: Duration = Duration::from_millis(500);
+
 pub struct SqliteStore {
     writer: Arc<Mutex<Connection>>,
     reader: Arc<Mutex<Connection>>,
     epoch: String,
+    /// Dropping it stops the checkpointer thread.
+    _checkpointer: mpsc::Sender<()>,
 }
 
 impl SqliteStore {
@@ -46,7 +56,7 @@ impl SqliteStore {
             Connection::open(path).with_context(|| format!("cannot open SQLITE_PATH={path}"))?;
         writer.execute_batch(
             "PRAGMA journal_mode=WAL; PRAGMA synchronous=FULL; PRAGMA foreign_keys=ON;
-             PRAGMA busy_timeout=5000;",
+             PRAGMA busy_timeout=5000; PRAGMA wal_autocheckpoint=0;",
         )?;
         migrate(&mut writer).with_context(|| format!("cannot migrate SQLITE_PATH={path}"))?;
         let epoch: String =
@@ -55,10 +65,18 @@ impl SqliteStore {
             })?;
         let reader = Connection::open(path)?;
         reader.execute_batch("PRAGMA busy_timeout=5000; PRAGMA query_only=ON;")?;
+        let checkpointer = Connection::open(path)?;
+        checkpointer.execute_batch("PRAGMA busy_timeout=5000; PRAGMA synchronous=FULL;")?;
+        let (stop, stopped) = mpsc::channel();
+        std::thread::Builder::new()
+            .name("sqlite-checkpoint".into())
+            .spawn(move || checkpoint_loop(&checkpointer, &stopped))
+            .context("cannot start the SQLite checkpointer thread")?;
         Ok(SqliteStore {
             writer: Arc::new(Mutex::new(writer)),
             reader: Arc::new(Mutex::new(reader)),
             epoch,
+            _checkpointer: stop,
         })
     }
 
@@ -77,6 +95,16 @@ impl SqliteStore {
         })
         .await
         .map_err(|e| StoreError::Other(anyhow!("sqlite task failed: {e}")))?
+    }
+}
+
+/// Copies the WAL into the database file every [`CHECKPOINT_INTERVAL`] until
+/// the store is dropped. PASSIVE: it never blocks the writer or a reader.
+fn checkpoint_loop(conn: &Connection, stop: &mpsc::Receiver<()>) {
+    while let Err(mpsc::RecvTimeoutError::Timeout) = stop.recv_timeout(CHECKPOINT_INTERVAL) {
+        if let Err(e) = conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |_| Ok(())) {
+            log::warn!("sqlite checkpoint failed: {e}");
+        }
     }
 }
 
