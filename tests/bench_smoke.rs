@@ -51,3 +51,39 @@ async fn bench_against_three_nodes_behind_nginx_loses_and_doubles_nothing() {
     let url = cluster.start_nginx();
     bench(&[url], &[]);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn resume_storm_through_nginx_loses_and_doubles_nothing() {
+    let mut cluster = Cluster::start(3).await;
+    let url = cluster.start_nginx();
+    let victim = cluster.node(0).pid().to_string();
+    let out = Command::new(env!("CARGO_BIN_EXE_confab-bench"))
+        .args(["resume", "--url", &url, "--clients", "300", "--rooms", "10"])
+        .args(["--rate", "100", "--before", "1", "--after", "1"])
+        .args(["--kill-pid", &victim, "--check"])
+        .output()
+        .expect("run confab-bench resume");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "confab-bench resume --check failed ({}):\n{stdout}\n{}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // nginx spreads the 300 over three nodes: about a third lose their node.
+    let dropped: usize = stdout
+        .split(" clients dropped")
+        .next()
+        .and_then(|head| head.rsplit(' ').next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("no dropped count in the report:\n{stdout}"));
+    assert!(
+        dropped >= 50,
+        "the kill dropped only {dropped} clients:\n{stdout}"
+    );
+    assert!(
+        stdout
+            .contains("lost 0, duplicated 0, acked but not stored 0, clients behind at the end 0"),
+        "{stdout}"
+    );
+}

@@ -222,6 +222,11 @@ impl TestNode {
         http(&self.addr, method, path, body).await
     }
 
+    /// The node's process id.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
     /// SIGKILL: the process gets no chance to clean up.
     pub fn kill9(&mut self) {
         let _ = self.child.kill();
