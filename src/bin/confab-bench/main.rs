@@ -811,12 +811,7 @@ async fn bench_main(args: LoadArgs) -> i32 {
     }
     print_report(&report);
     if let Some(path) = &args.json {
-        let written = serde_json::to_vec_pretty(&report)
-            .map_err(anyhow::Error::from)
-            .and_then(|json| {
-                std::fs::write(path, json).with_context(|| format!("writing {}", path.display()))
-            });
-        if let Err(e) = written {
+        if let Err(e) = write_json(path, &report) {
             eprintln!("confab-bench: {e:#}");
             return 2;
         }
@@ -1316,6 +1311,12 @@ fn connect_failure_reason(error: &WsError) -> String {
         WsError::Http(response) => format!("http status {}", response.status()),
         other => other.to_string().chars().take(100).collect(),
     }
+}
+
+/// Writes a report as pretty JSON (`--json`).
+fn write_json(path: &std::path::Path, report: &impl Serialize) -> Result<()> {
+    let json = serde_json::to_vec_pretty(report)?;
+    std::fs::write(path, json).with_context(|| format!("writing {}", path.display()))
 }
 
 /// A short, per-run room name prefix so that runs do not share rooms.

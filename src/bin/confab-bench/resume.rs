@@ -32,7 +32,8 @@ use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 use tokio_tungstenite::tungstenite::Message;
 
 use super::{
-    check_loopback_url, connect_failure_reason, lock, run_id, ClientSocket, CONNECT_TIMEOUT,
+    check_loopback_url, connect_failure_reason, lock, run_id, write_json, ClientSocket,
+    CONNECT_TIMEOUT,
 };
 
 #[derive(Args, Debug, Clone)]
@@ -152,12 +153,7 @@ pub async fn main(args: ResumeArgs) -> i32 {
     };
     print(&report);
     if let Some(path) = &args.json {
-        let written = serde_json::to_vec_pretty(&report)
-            .map_err(anyhow::Error::from)
-            .and_then(|j| {
-                std::fs::write(path, j).with_context(|| format!("writing {}", path.display()))
-            });
-        if let Err(e) = written {
+        if let Err(e) = write_json(path, &report) {
             eprintln!("confab-bench resume: {e:#}");
             return 2;
         }
