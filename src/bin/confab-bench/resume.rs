@@ -274,7 +274,16 @@ async fn run(args: &ResumeArgs) -> Result<ResumeReport> {
         let t = &shared.tally;
         let resumed_all =
             t.resumed.load(Relaxed) + t.not_recovered.load(Relaxed) >= t.dropped.load(Relaxed);
-        let last = rooms_last_seq(&args.url, &run_id).await?;
+        // Through nginx during the storm this may fail (a 502 while every
+        // node is marked down): ask again, as a client would.
+        let last = match rooms_last_seq(&args.url, &run_id).await {
+            Ok(last) => last,
+            Err(e) if Instant::now() < settle_deadline => {
+                info!("rooms query failed ({e:#}); asking again");
+                continue;
+            }
+            Err(e) => return Err(e.context("no rooms reply before the settle deadline")),
+        };
         if resumed_all && behind(&shared, args.rooms, &last).0 == 0 {
             break last;
         }
