@@ -8,6 +8,19 @@ use std::process::Command;
 
 use common::{Backend, Cluster, TestNode};
 
+/// Runs confab-bench with `--check`; its report, after asserting that the check passed.
+fn checked(cmd: &mut Command) -> String {
+    let out = cmd.output().expect("run confab-bench");
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        out.status.success(),
+        "confab-bench --check failed ({}):\n{stdout}\n{}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
+    stdout
+}
+
 fn bench(urls: &[String], extra: &[&str]) {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_confab-bench"));
     for u in urls {
@@ -25,14 +38,7 @@ fn bench(urls: &[String], extra: &[&str]) {
     ])
     .args(["--duration", "2", "--warmup", "1", "--check", "--quiet"])
     .args(extra);
-    let out = cmd.output().expect("run confab-bench");
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success(),
-        "confab-bench --check failed ({}):\n{stdout}\n{}",
-        out.status,
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let stdout = checked(&mut cmd);
     assert!(
         stdout.contains("lost"),
         "the report names lost deliveries:\n{stdout}"
@@ -57,18 +63,11 @@ async fn resume_storm_through_nginx_loses_and_doubles_nothing() {
     let mut cluster = Cluster::start(3).await;
     let url = cluster.start_nginx();
     let victim = cluster.node(0).pid().to_string();
-    let out = Command::new(env!("CARGO_BIN_EXE_confab-bench"))
-        .args(["resume", "--url", &url, "--clients", "300", "--rooms", "10"])
-        .args(["--rate", "100", "--before", "1", "--after", "1"])
-        .args(["--kill-pid", &victim, "--check"])
-        .output()
-        .expect("run confab-bench resume");
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success(),
-        "confab-bench resume --check failed ({}):\n{stdout}\n{}",
-        out.status,
-        String::from_utf8_lossy(&out.stderr)
+    let stdout = checked(
+        Command::new(env!("CARGO_BIN_EXE_confab-bench"))
+            .args(["resume", "--url", &url, "--clients", "300", "--rooms", "10"])
+            .args(["--rate", "100", "--before", "1", "--after", "1"])
+            .args(["--kill-pid", &victim, "--check"]),
     );
     // nginx spreads the 300 over three nodes: about a third lose their node.
     let dropped: usize = stdout
