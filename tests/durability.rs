@@ -210,10 +210,7 @@ async fn kill_9_loses_no_acked_event_and_seq_continues(b: Backend) {
     a.ok(json!({"user_id":"a","type":"create","room":"crash"}))
         .await;
     // Stream messages, collect acks, kill -9 mid-stream.
-    for k in 0..300 {
-        a.send(json!({"type":"message","room":"crash","message":format!("m{k}"),"ref":k}))
-            .await;
-    }
+    a.send_numbered("crash", 300).await;
     let mut acked: BTreeMap<i64, String> = BTreeMap::new();
     while acked.len() < 100 {
         let f = a.recv().await;

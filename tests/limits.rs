@@ -225,10 +225,7 @@ async fn a_full_writer_queue_answers_unavailable_and_stores_nothing_of_it() {
     let mut a = node.client().await;
     a.ok(json!({"user_id":"a","type":"create","room":"r"}))
         .await;
-    for k in 0..300 {
-        a.send(json!({"type":"message","room":"r","message":format!("m{k}"),"ref":k}))
-            .await;
-    }
+    a.send_numbered("r", 300).await;
     let mut acked = std::collections::BTreeSet::new();
     let mut refused = std::collections::BTreeSet::new();
     while acked.len() + refused.len() < 300 {

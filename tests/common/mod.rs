@@ -325,6 +325,15 @@ impl Client {
         self.send_text(v.to_string()).await;
     }
 
+    /// Sends `n` messages `m0`, `m1`, … into `room`, with refs 0, 1, …,
+    /// without waiting for their replies.
+    pub async fn send_numbered(&mut self, room: &str, n: usize) {
+        for k in 0..n {
+            self.send(json!({"type":"message","room":room,"message":format!("m{k}"),"ref":k}))
+                .await;
+        }
+    }
+
     pub async fn send_text(&mut self, s: String) {
         self.ws.send(Message::text(s)).await.expect("send");
     }
