@@ -1,0 +1,104 @@
+//! The protocol's error codes and the error a command fails with.
+
+use serde::Serialize;
+
+use crate::RoomName;
+
+/// The protocol's error codes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ErrorCode {
+    InvalidJson,
+    UnknownType,
+    InvalidField,
+    InvalidRoom,
+    MessageTooLong,
+    RoomExists,
+    NoSuchRoom,
+    NotAMember,
+    UserMismatch,
+    RateLimited,
+    Unavailable,
+    UnsupportedFrame,
+    Internal,
+}
+
+impl ErrorCode {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ErrorCode::InvalidJson => "invalid_json",
+            ErrorCode::UnknownType => "unknown_type",
+            ErrorCode::InvalidField => "invalid_field",
+            ErrorCode::InvalidRoom => "invalid_room",
+            ErrorCode::MessageTooLong => "message_too_long",
+            ErrorCode::RoomExists => "room_exists",
+            ErrorCode::NoSuchRoom => "no_such_room",
+            ErrorCode::NotAMember => "not_a_member",
+            ErrorCode::UserMismatch => "user_mismatch",
+            ErrorCode::RateLimited => "rate_limited",
+            ErrorCode::Unavailable => "unavailable",
+            ErrorCode::UnsupportedFrame => "unsupported_frame",
+            ErrorCode::Internal => "internal",
+        }
+    }
+
+    /// The HTTP status the REST API answers this error with.
+    pub fn http_status(self) -> u16 {
+        match self {
+            ErrorCode::NoSuchRoom => 404,
+            ErrorCode::NotAMember | ErrorCode::UserMismatch => 403,
+            ErrorCode::RoomExists => 409,
+            ErrorCode::RateLimited => 429,
+            ErrorCode::Unavailable => 503,
+            ErrorCode::Internal => 500,
+            _ => 400,
+        }
+    }
+}
+
+/// A command's failure in the protocol's terms: a code and a sentence for a person.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{}: {message}", code.as_str())]
+pub struct ProtoError {
+    pub code: ErrorCode,
+    pub message: String,
+}
+
+impl ProtoError {
+    pub fn new(code: ErrorCode, message: impl Into<String>) -> ProtoError {
+        ProtoError {
+            code,
+            message: message.into(),
+        }
+    }
+
+    pub fn invalid_field(message: impl Into<String>) -> ProtoError {
+        ProtoError::new(ErrorCode::InvalidField, message)
+    }
+
+    pub fn unavailable() -> ProtoError {
+        ProtoError::new(
+            ErrorCode::Unavailable,
+            "the event store cannot take this command now; nothing was stored, retry later",
+        )
+    }
+
+    pub fn internal() -> ProtoError {
+        ProtoError::new(ErrorCode::Internal, "internal error; it has been logged")
+    }
+
+    pub fn no_such_room(room: &RoomName) -> ProtoError {
+        ProtoError::new(ErrorCode::NoSuchRoom, format!("room {room} does not exist"))
+    }
+
+    pub fn not_a_member(room: &RoomName) -> ProtoError {
+        ProtoError::new(
+            ErrorCode::NotAMember,
+            format!("you are not a member of room {room}"),
+        )
+    }
+
+    pub fn room_exists(room: &RoomName) -> ProtoError {
+        ProtoError::new(ErrorCode::RoomExists, format!("room {room} already exists"))
+    }
+}

@@ -1,0 +1,194 @@
+//! The validated names of the protocol: a [`RoomName`] or [`UserId`] in a
+//! signature means it passed its rule.
+
+use std::fmt;
+
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+use crate::{ErrorCode, ProtoError, MAX_ID_CHARS};
+
+/// Per-room sequence number: 1, 2, 3, … with no gap.
+pub type Seq = i64;
+
+/// A room name that passed the protocol's rule: 1–64 characters from ASCII
+/// letters, digits and `-_.:`.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(try_from = "String", into = "String")]
+pub struct RoomName(String);
+
+impl RoomName {
+    pub fn parse(s: &str) -> Result<RoomName, ProtoError> {
+        let ok = !s.is_empty()
+            && s.len() <= MAX_ID_CHARS
+            && s.bytes()
+                .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b':'));
+        if ok {
+            Ok(RoomName(s.to_owned()))
+        } else {
+            Err(ProtoError::new(
+                ErrorCode::InvalidRoom,
+                "room names are 1-64 characters from A-Z, a-z, 0-9 and -_.:",
+            ))
+        }
+    }
+
+    /// A name read back from our own store, where it was validated on the way
+    /// in. Never for what arrives from outside the process (the bus included).
+    pub fn trusted(s: String) -> RoomName {
+        RoomName(s)
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl TryFrom<String> for RoomName {
+    type Error = ProtoError;
+    fn try_from(s: String) -> Result<RoomName, ProtoError> {
+        RoomName::parse(&s)
+    }
+}
+
+impl From<RoomName> for String {
+    fn from(r: RoomName) -> String {
+        r.0
+    }
+}
+
+impl fmt::Display for RoomName {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// A user id: 1–64 characters without control characters. A JSON integer is
+/// read as its decimal string.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(try_from = "String", into = "String")]
+pub struct UserId(String);
+
+impl UserId {
+    pub fn parse(s: &str) -> Result<UserId, ProtoError> {
+        let n = s.chars().count();
+        if (1..=MAX_ID_CHARS).contains(&n) && !s.chars().any(char::is_control) {
+            Ok(UserId(s.to_owned()))
+        } else {
+            Err(ProtoError::invalid_field(
+                "user_id must be 1-64 characters without control characters",
+            ))
+        }
+    }
+
+    /// Reads a `user_id` field: a string, or an integer read as its decimal string.
+    pub fn from_json(v: &Value) -> Result<UserId, ProtoError> {
+        match v {
+            Value::String(s) => UserId::parse(s),
+            Value::Number(n) if n.is_i64() || n.is_u64() => UserId::parse(&n.to_string()),
+            _ => Err(ProtoError::invalid_field(
+                "user_id must be a string or an integer",
+            )),
+        }
+    }
+
+    /// An id read back from our own store. Never for what arrives from
+    /// outside the process (the bus included).
+    pub fn trusted(s: String) -> UserId {
+        UserId(s)
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl TryFrom<String> for UserId {
+    type Error = ProtoError;
+    fn try_from(s: String) -> Result<UserId, ProtoError> {
+        UserId::parse(&s)
+    }
+}
+
+impl From<UserId> for String {
+    fn from(u: UserId) -> String {
+        u.0
+    }
+}
+
+impl fmt::Display for UserId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// The `ref` a client puts on a command, echoed on its reply.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum Ref {
+    Int(i64),
+    Str(String),
+}
+
+impl Ref {
+    pub fn from_json(v: &Value) -> Result<Ref, ProtoError> {
+        match v {
+            Value::String(s) if s.chars().count() <= MAX_ID_CHARS => Ok(Ref::Str(s.clone())),
+            Value::Number(n) => match n.as_i64() {
+                Some(i) => Ok(Ref::Int(i)),
+                None => Err(Ref::invalid()),
+            },
+            _ => Err(Ref::invalid()),
+        }
+    }
+
+    fn invalid() -> ProtoError {
+        ProtoError::invalid_field("ref must be a string of at most 64 characters or an integer")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn room_names_follow_the_rule() {
+        for ok in ["general", "a", "A-z_0.9:x", &"r".repeat(64)] {
+            assert!(RoomName::parse(ok).is_ok(), "{ok}");
+        }
+        for bad in ["", "has space", "émoji", "slash/", &"r".repeat(65), "tab\t"] {
+            assert_eq!(
+                RoomName::parse(bad).unwrap_err().code,
+                ErrorCode::InvalidRoom,
+                "{bad}"
+            );
+        }
+    }
+
+    #[test]
+    fn user_ids_are_strings_or_integers_without_control_characters() {
+        assert_eq!(
+            UserId::from_json(&serde_json::json!(42)).unwrap().as_str(),
+            "42"
+        );
+        assert_eq!(
+            UserId::from_json(&serde_json::json!("ünï"))
+                .unwrap()
+                .as_str(),
+            "ünï"
+        );
+        assert!(UserId::parse(&"ü".repeat(64)).is_ok());
+        assert!(UserId::parse(&"u".repeat(65)).is_err());
+        assert!(UserId::parse("").is_err());
+        assert!(UserId::parse("a\nb").is_err());
+        assert!(UserId::from_json(&serde_json::json!(1.5)).is_err());
+        assert!(UserId::from_json(&serde_json::json!(true)).is_err());
+    }
+
+    #[test]
+    fn deserialising_validates_names() {
+        assert!(serde_json::from_str::<RoomName>(r#""ok""#).is_ok());
+        assert!(serde_json::from_str::<RoomName>(r#""not ok""#).is_err());
+        assert!(serde_json::from_str::<UserId>(r#""a\u0007b""#).is_err());
+    }
+}
