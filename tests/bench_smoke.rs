@@ -4,9 +4,30 @@
 
 mod common;
 
+use std::path::PathBuf;
 use std::process::Command;
 
 use common::{Backend, Cluster, TestNode};
+
+/// The `confab-bench` binary. It belongs to the workspace member `crates/confab-bench`, not to
+/// this package, so Cargo neither builds it for these tests nor sets
+/// `CARGO_BIN_EXE_confab-bench`; it is found beside this test's own executable:
+/// `target/<profile>/deps/bench_smoke-<hash>` -> `target/<profile>/confab-bench`.
+fn bench_bin() -> PathBuf {
+    let exe = std::env::current_exe().expect("the test's own path");
+    let profile_dir = exe
+        .parent()
+        .and_then(|deps| deps.parent())
+        .unwrap_or_else(|| panic!("unexpected test executable path {}", exe.display()));
+    let bin = profile_dir.join(format!("confab-bench{}", std::env::consts::EXE_SUFFIX));
+    assert!(
+        bin.is_file(),
+        "{} is missing: build it first with `cargo build -p confab-bench` \
+         (or run scripts/test, which builds every workspace binary)",
+        bin.display()
+    );
+    bin
+}
 
 /// Runs confab-bench with `--check`; its report, after asserting that the check passed.
 fn checked(cmd: &mut Command) -> String {
@@ -22,7 +43,7 @@ fn checked(cmd: &mut Command) -> String {
 }
 
 fn bench(urls: &[String], extra: &[&str]) {
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_confab-bench"));
+    let mut cmd = Command::new(bench_bin());
     for u in urls {
         cmd.args(["--url", u]);
     }
@@ -64,7 +85,7 @@ async fn resume_storm_through_nginx_loses_and_doubles_nothing() {
     let url = cluster.start_nginx();
     let victim = cluster.node(0).pid().to_string();
     let stdout = checked(
-        Command::new(env!("CARGO_BIN_EXE_confab-bench"))
+        Command::new(bench_bin())
             .args(["resume", "--url", &url, "--clients", "300", "--rooms", "10"])
             .args(["--rate", "100", "--before", "1", "--after", "1"])
             .args(["--kill-pid", &victim, "--check"]),

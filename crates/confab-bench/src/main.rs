@@ -37,6 +37,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use anyhow::{anyhow, bail, Context, Result};
+use chrono::{SecondsFormat, Utc};
 
 mod resume;
 use clap::{Args, Parser, Subcommand};
@@ -1734,28 +1735,10 @@ async fn serve_floor_connection(hub: Arc<FloorHub>, stream: TcpStream) -> Result
     Ok(())
 }
 
-/// The current UTC time as RFC 3339 with microseconds (civil-from-days, no date crate needed).
+/// The current UTC time as RFC 3339 with microseconds and a `Z` offset,
+/// e.g. `2026-12-03T05:31:13.123456Z`.
 fn rfc3339_now() -> String {
-    let now = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .unwrap_or_default();
-    let (days, secs) = ((now.as_secs() / 86_400) as i64, now.as_secs() % 86_400);
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z - era * 146_097;
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let day = doy - (153 * mp + 2) / 5 + 1;
-    let month = if mp < 10 { mp + 3 } else { mp - 9 };
-    let year = yoe + era * 400 + i64::from(month <= 2);
-    format!(
-        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}.{:06}Z",
-        secs / 3600,
-        secs / 60 % 60,
-        secs % 60,
-        now.subsec_micros()
-    )
+    Utc::now().to_rfc3339_opts(SecondsFormat::Micros, true)
 }
 
 // ----------------------------------------------------------------------------------------
@@ -1795,4 +1778,17 @@ fn main() {
     });
     // Exit at once rather than tearing down every connection task one by one.
     std::process::exit(code);
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn rfc3339_now_is_utc_with_microseconds() {
+        let at = super::rfc3339_now();
+        let shape: String = at
+            .chars()
+            .map(|c| if c.is_ascii_digit() { '9' } else { c })
+            .collect();
+        assert_eq!(shape, "9999-99-99T99:99:99.999999Z", "{at}");
+    }
 }
