@@ -1,53 +1,105 @@
-//! Counters and gauges, rendered in Prometheus' text format at `/metrics`.
-//! Lock-free atomics only: they are touched on the hot path.
+//! A node's metrics, on `prometheus-client`, exposed at `/metrics` in the
+//! OpenMetrics text format ([`Metrics::render`], served as [`CONTENT_TYPE`]).
+//!
+//! Owns: the metric handles the rest of the server bumps on the hot path
+//! (counters and gauges are single atomics; a histogram observation takes a
+//! short uncontended lock), their series names and HELP texts, and the
+//! node's own [`Registry`].
+//!
+//! Must not: use a global or process-wide registry or recorder (two nodes run
+//! inside one test process and must not share series), do I/O, or hand-write
+//! exposition text — `prometheus_client::encoding::text::encode` writes it,
+//! including the escaping of label values such as the `node` label.
 
-use std::fmt::Write;
-use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
+use std::borrow::Cow;
 use std::time::Duration;
 
-/// A monotonically increasing counter.
-#[derive(Default)]
-pub struct Counter(AtomicU64);
+use prometheus_client::encoding::text::encode;
+use prometheus_client::metrics::counter::Counter as PromCounter;
+use prometheus_client::metrics::gauge::Gauge as PromGauge;
+use prometheus_client::metrics::histogram::{exponential_buckets, Histogram as PromHistogram};
+use prometheus_client::metrics::info::Info;
+use prometheus_client::registry::{Registry, Unit};
+
+/// What [`Metrics::render`] produces: `encode` writes OpenMetrics 1.0 text
+/// (ending in `# EOF`), not Prometheus' 0.0.4 text format.
+pub const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
+
+/// A monotonically increasing count. Clones share the value.
+#[derive(Clone, Debug, Default)]
+pub struct Counter(PromCounter<u64>);
 
 impl Counter {
     pub fn inc(&self) {
-        self.add(1);
+        self.0.inc();
     }
     pub fn add(&self, n: u64) {
-        self.0.fetch_add(n, Ordering::Relaxed);
-    }
-    /// Adds a duration in microseconds (rendered as seconds).
-    pub fn add_duration(&self, d: Duration) {
-        self.add(u64::try_from(d.as_micros()).unwrap_or(u64::MAX));
+        self.0.inc_by(n);
     }
     pub fn get(&self) -> u64 {
-        self.0.load(Ordering::Relaxed)
+        self.0.get()
     }
 }
 
-/// A value that goes up and down.
-#[derive(Default)]
-pub struct Gauge(AtomicI64);
+/// A monotonically increasing total of time, exported in seconds.
+#[derive(Clone, Debug, Default)]
+pub struct SecondsCounter(PromCounter<f64, std::sync::atomic::AtomicU64>);
+
+impl SecondsCounter {
+    pub fn add_duration(&self, d: Duration) {
+        self.0.inc_by(d.as_secs_f64());
+    }
+    /// The total so far, in seconds.
+    pub fn get(&self) -> f64 {
+        self.0.get()
+    }
+}
+
+/// A value that goes up and down. Clones share the value.
+#[derive(Clone, Debug, Default)]
+pub struct Gauge(PromGauge<i64>);
 
 impl Gauge {
     pub fn inc(&self) {
-        self.0.fetch_add(1, Ordering::Relaxed);
+        self.0.inc();
     }
     pub fn dec(&self) {
-        self.0.fetch_sub(1, Ordering::Relaxed);
+        self.0.dec();
     }
     pub fn set(&self, v: i64) {
-        self.0.store(v, Ordering::Relaxed);
+        self.0.set(v);
     }
     pub fn get(&self) -> i64 {
-        self.0.load(Ordering::Relaxed)
+        self.0.get()
     }
 }
 
-/// Every metric a node exports.
-#[derive(Default)]
+/// A distribution over fixed buckets. Clones share the buckets.
+#[derive(Clone, Debug)]
+pub struct Histogram(PromHistogram);
+
+impl Histogram {
+    fn new(buckets: impl IntoIterator<Item = f64>) -> Self {
+        Self(PromHistogram::new(buckets))
+    }
+    pub fn observe(&self, v: f64) {
+        self.0.observe(v);
+    }
+    /// Observes a duration in seconds.
+    pub fn observe_duration(&self, d: Duration) {
+        self.observe(d.as_secs_f64());
+    }
+}
+
+/// Seconds, 50 µs · 2^k up to ~13 s (19 buckets, then +Inf).
+fn latency_buckets() -> impl Iterator<Item = f64> {
+    exponential_buckets(50e-6, 2.0, 19)
+}
+
+/// Every metric a node exports, and the registry they are exported from.
 pub struct Metrics {
     pub connections: Gauge,
+    /// WebSocket connections accepted (series `confab_connections_accepted_total`).
     pub connections_total: Counter,
     pub commands: Counter,
     pub command_errors: Counter,
@@ -57,8 +109,8 @@ pub struct Metrics {
     pub deliveries: Counter,
     pub batches: Counter,
     pub batched_appends: Counter,
-    /// Microseconds spent in append transactions.
-    pub batch_seconds: Counter,
+    /// Time spent in append transactions (series `confab_append_seconds_total`).
+    pub batch_seconds: SecondsCounter,
     pub store_errors: Counter,
     pub replays: Counter,
     pub replayed_events: Counter,
@@ -67,133 +119,482 @@ pub struct Metrics {
     pub bus_received: Counter,
     pub bus_errors: Counter,
     pub rooms: Gauge,
+    /// Seconds from a command being read to its ack being handed to the socket.
+    pub ack_latency: Histogram,
+    /// Seconds per append transaction.
+    pub commit_latency: Histogram,
+    /// Appends per append transaction.
+    pub batch_size: Histogram,
+    /// Events sent by one replay.
+    pub replay_size: Histogram,
+    registry: Registry,
+}
+
+/// `Registry::register` appends a `.` to every HELP text; the texts below
+/// are written as exported, so drop theirs.
+fn help(text: &str) -> &str {
+    text.strip_suffix('.').unwrap_or(text)
 }
 
 impl Metrics {
-    /// The Prometheus text exposition.
-    pub fn render(&self, node: &str) -> String {
-        let mut out = String::with_capacity(4096);
-        let mut line = |name: &str, kind: &str, help: &str, value: String| {
-            let _ = writeln!(out, "# HELP confab_{name} {help}");
-            let _ = writeln!(out, "# TYPE confab_{name} {kind}");
-            let _ = writeln!(out, "confab_{name}{{node=\"{node}\"}} {value}");
+    /// A fresh set of metrics in a registry of its own: every series is
+    /// prefixed `confab_` and labelled `node="<node>"`.
+    pub fn new(node: &str) -> Metrics {
+        let mut registry = Registry::with_prefix_and_labels(
+            "confab",
+            [(Cow::Borrowed("node"), Cow::Owned(node.to_owned()))].into_iter(),
+        );
+        let m = Metrics {
+            connections: Gauge::default(),
+            connections_total: Counter::default(),
+            commands: Counter::default(),
+            command_errors: Counter::default(),
+            rate_limited: Counter::default(),
+            evictions: Counter::default(),
+            events_committed: Counter::default(),
+            deliveries: Counter::default(),
+            batches: Counter::default(),
+            batched_appends: Counter::default(),
+            batch_seconds: SecondsCounter::default(),
+            store_errors: Counter::default(),
+            replays: Counter::default(),
+            replayed_events: Counter::default(),
+            gap_repairs: Counter::default(),
+            bus_published: Counter::default(),
+            bus_received: Counter::default(),
+            bus_errors: Counter::default(),
+            rooms: Gauge::default(),
+            ack_latency: Histogram::new(latency_buckets()),
+            commit_latency: Histogram::new(latency_buckets()),
+            batch_size: Histogram::new(exponential_buckets(1.0, 2.0, 13)),
+            replay_size: Histogram::new(exponential_buckets(1.0, 2.0, 15)),
+            registry: Registry::default(),
         };
-        let c = |c: &Counter| c.get().to_string();
-        let g = |g: &Gauge| g.get().to_string();
-        line(
-            "connections",
-            "gauge",
-            "Open WebSocket connections.",
-            g(&self.connections),
+
+        let gauges = [
+            ("connections", "Open WebSocket connections.", &m.connections),
+            ("rooms", "Rooms known to this node.", &m.rooms),
+        ];
+        for (name, text, gauge) in gauges {
+            registry.register(name, help(text), gauge.0.clone());
+        }
+
+        // Counter names go without `_total`: the encoder appends it.
+        let counters = [
+            // Not `connections`: in OpenMetrics the counter `…_total` and the
+            // gauge `confab_connections` would be one family name, which is
+            // invalid, so this counter is `confab_connections_accepted_total`.
+            (
+                "connections_accepted",
+                "WebSocket connections accepted.",
+                &m.connections_total,
+            ),
+            ("commands", "Commands received.", &m.commands),
+            (
+                "command_errors",
+                "Commands answered with an error.",
+                &m.command_errors,
+            ),
+            (
+                "rate_limited",
+                "Commands refused by the rate limit.",
+                &m.rate_limited,
+            ),
+            (
+                "evictions",
+                "Slow consumers evicted (close 4000).",
+                &m.evictions,
+            ),
+            (
+                "events_committed",
+                "Events committed by this node.",
+                &m.events_committed,
+            ),
+            (
+                "deliveries",
+                "Event frames queued to local sockets.",
+                &m.deliveries,
+            ),
+            ("append_batches", "Append transactions.", &m.batches),
+            (
+                "append_batched",
+                "Appends handled in batches.",
+                &m.batched_appends,
+            ),
+            ("store_errors", "Failed store operations.", &m.store_errors),
+            (
+                "replays",
+                "Joins with since that replayed events.",
+                &m.replays,
+            ),
+            (
+                "replayed_events",
+                "Events sent by replays.",
+                &m.replayed_events,
+            ),
+            (
+                "gap_repairs",
+                "Gaps in a room's seq repaired from the store.",
+                &m.gap_repairs,
+            ),
+            (
+                "bus_published",
+                "Events published on the bus.",
+                &m.bus_published,
+            ),
+            (
+                "bus_received",
+                "Events received from peers on the bus.",
+                &m.bus_received,
+            ),
+            (
+                "bus_errors",
+                "Bus publish or subscribe failures.",
+                &m.bus_errors,
+            ),
+        ];
+        for (name, text, counter) in counters {
+            registry.register(name, help(text), counter.0.clone());
+        }
+        registry.register_with_unit(
+            "append",
+            help("Time spent in append transactions."),
+            Unit::Seconds,
+            m.batch_seconds.0.clone(),
         );
-        line(
-            "connections_total",
-            "counter",
-            "WebSocket connections accepted.",
-            c(&self.connections_total),
+
+        let histograms = [
+            (
+                "ack_latency",
+                "Time from reading a command to handing its ack to the socket.",
+                Some(Unit::Seconds),
+                &m.ack_latency,
+            ),
+            (
+                "commit_latency",
+                "Duration of append transactions.",
+                Some(Unit::Seconds),
+                &m.commit_latency,
+            ),
+            (
+                "append_batch_size",
+                "Appends per append transaction.",
+                None,
+                &m.batch_size,
+            ),
+            (
+                "replay_size",
+                "Events sent by one replay.",
+                None,
+                &m.replay_size,
+            ),
+        ];
+        for (name, text, unit, histogram) in histograms {
+            match unit {
+                Some(unit) => {
+                    registry.register_with_unit(name, help(text), unit, histogram.0.clone())
+                }
+                None => registry.register(name, help(text), histogram.0.clone()),
+            }
+        }
+
+        // `confab_build_info{node="…",version="…"} 1`
+        registry.register(
+            "build",
+            help("The running build."),
+            Info::new(vec![("version", env!("CARGO_PKG_VERSION"))]),
         );
-        line(
-            "commands_total",
-            "counter",
-            "Commands received.",
-            c(&self.commands),
-        );
-        line(
-            "command_errors_total",
-            "counter",
-            "Commands answered with an error.",
-            c(&self.command_errors),
-        );
-        line(
-            "rate_limited_total",
-            "counter",
-            "Commands refused by the rate limit.",
-            c(&self.rate_limited),
-        );
-        line(
-            "evictions_total",
-            "counter",
-            "Slow consumers evicted (close 4000).",
-            c(&self.evictions),
-        );
-        line(
-            "events_committed_total",
-            "counter",
-            "Events committed by this node.",
-            c(&self.events_committed),
-        );
-        line(
-            "deliveries_total",
-            "counter",
-            "Event frames queued to local sockets.",
-            c(&self.deliveries),
-        );
-        line(
-            "append_batches_total",
-            "counter",
-            "Append transactions.",
-            c(&self.batches),
-        );
-        line(
-            "append_batched_total",
-            "counter",
-            "Appends handled in batches.",
-            c(&self.batched_appends),
-        );
-        line(
-            "append_seconds_total",
-            "counter",
-            "Time spent in append transactions.",
-            format!("{:.6}", self.batch_seconds.get() as f64 / 1e6),
-        );
-        line(
-            "store_errors_total",
-            "counter",
-            "Failed store operations.",
-            c(&self.store_errors),
-        );
-        line(
-            "replays_total",
-            "counter",
-            "Joins with since that replayed events.",
-            c(&self.replays),
-        );
-        line(
-            "replayed_events_total",
-            "counter",
-            "Events sent by replays.",
-            c(&self.replayed_events),
-        );
-        line(
-            "gap_repairs_total",
-            "counter",
-            "Gaps in a room's seq repaired from the store.",
-            c(&self.gap_repairs),
-        );
-        line(
-            "bus_published_total",
-            "counter",
-            "Events published on the bus.",
-            c(&self.bus_published),
-        );
-        line(
-            "bus_received_total",
-            "counter",
-            "Events received from peers on the bus.",
-            c(&self.bus_received),
-        );
-        line(
-            "bus_errors_total",
-            "counter",
-            "Bus publish or subscribe failures.",
-            c(&self.bus_errors),
-        );
-        line(
-            "rooms",
-            "gauge",
-            "Rooms known to this node.",
-            g(&self.rooms),
-        );
+
+        Metrics { registry, ..m }
+    }
+
+    /// The OpenMetrics text exposition, `# EOF` included; serve it as
+    /// [`CONTENT_TYPE`].
+    pub fn render(&self) -> String {
+        let mut out = String::with_capacity(8192);
+        // Writing to a String cannot fail, and no metric here refuses to encode.
+        encode(&mut out, &self.registry).expect("encoding metrics into a String");
         out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The sample line of `series` (name and label set up to the value).
+    fn sample<'a>(text: &'a str, series: &str) -> Option<&'a str> {
+        text.lines()
+            .find(|l| l.starts_with(series) && l[series.len()..].starts_with([' ', '{']))
+    }
+
+    fn value(text: &str, series: &str) -> f64 {
+        let line = sample(text, series).unwrap_or_else(|| panic!("no {series} in\n{text}"));
+        line.rsplit(' ').next().unwrap().parse().unwrap()
+    }
+
+    /// Parses one sample line the way an OpenMetrics reader would: a name,
+    /// an optional `{k="v",…}` whose values use only `\\`, `\"` and `\n`
+    /// escapes, a space and a number. Returns the unescaped label pairs.
+    fn parse_sample(line: &str) -> Result<Vec<(String, String)>, String> {
+        let name_end = line.find([' ', '{']).ok_or("no value")?;
+        let name = &line[..name_end];
+        if name.is_empty() || !name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_') {
+            return Err(format!("bad name {name:?}"));
+        }
+        let mut labels = Vec::new();
+        let mut rest = &line[name_end..];
+        if let Some(body) = rest.strip_prefix('{') {
+            let mut chars = body.char_indices();
+            let mut quotes = 0;
+            let end = loop {
+                let (i, c) = chars.next().ok_or("unterminated label set")?;
+                if c == '}' {
+                    break i;
+                }
+                let key: String = std::iter::once(c)
+                    .chain(chars.by_ref().map(|(_, c)| c).take_while(|&c| c != '='))
+                    .collect();
+                if !key.chars().all(|c| c.is_ascii_alphanumeric() || c == '_') {
+                    return Err(format!("bad label name {key:?}"));
+                }
+                if chars.next().map(|(_, c)| c) != Some('"') {
+                    return Err("label value not quoted".into());
+                }
+                quotes += 1;
+                let mut value = String::new();
+                loop {
+                    match chars.next().ok_or("unterminated label value")?.1 {
+                        '"' => break,
+                        '\\' => match chars.next().ok_or("dangling escape")?.1 {
+                            '\\' => value.push('\\'),
+                            '"' => value.push('"'),
+                            'n' => value.push('\n'),
+                            c => return Err(format!("bad escape \\{c}")),
+                        },
+                        '\n' => return Err("raw newline in label value".into()),
+                        c => value.push(c),
+                    }
+                }
+                quotes += 1;
+                labels.push((key, value));
+                match chars.clone().next() {
+                    Some((_, ',')) => {
+                        chars.next();
+                    }
+                    Some((_, '}')) => {}
+                    _ => return Err("expected , or }".into()),
+                }
+            };
+            assert_eq!(quotes % 2, 0);
+            rest = &body[end + 1..];
+        }
+        let value = rest.strip_prefix(' ').ok_or("no space before the value")?;
+        match value {
+            "+Inf" | "-Inf" | "NaN" => {}
+            v => {
+                v.parse::<f64>()
+                    .map_err(|e| format!("bad value {v:?}: {e}"))?;
+            }
+        }
+        Ok(labels)
+    }
+
+    #[test]
+    fn metrics_are_shareable_across_threads() {
+        fn assert_send_sync<T: Send + Sync>() {}
+        assert_send_sync::<Metrics>();
+    }
+
+    #[test]
+    fn two_registries_do_not_share_counts() {
+        let a = Metrics::new("a");
+        let b = Metrics::new("b");
+        a.commands.inc();
+        a.commands.inc();
+        b.commands.inc();
+        a.connections.inc();
+        a.ack_latency.observe(0.001);
+
+        assert_eq!((a.commands.get(), b.commands.get()), (2, 1));
+        assert_eq!((a.connections.get(), b.connections.get()), (1, 0));
+        let (ra, rb) = (a.render(), b.render());
+        assert_eq!(value(&ra, r#"confab_commands_total{node="a"}"#), 2.0);
+        assert_eq!(value(&rb, r#"confab_commands_total{node="b"}"#), 1.0);
+        assert_eq!(value(&rb, r#"confab_connections{node="b"}"#), 0.0);
+        assert_eq!(
+            value(&rb, r#"confab_ack_latency_seconds_count{node="b"}"#),
+            0.0
+        );
+        assert!(!ra.contains(r#"node="b""#) && !rb.contains(r#"node="a""#));
+    }
+
+    #[test]
+    fn a_counter_increment_renders_under_todays_name() {
+        let m = Metrics::new("n1");
+        m.commands.inc();
+        m.deliveries.add(5);
+        m.connections_total.inc();
+        m.connections.inc();
+        m.connections.inc();
+        m.connections.dec();
+        m.rooms.set(7);
+        m.batch_seconds.add_duration(Duration::from_millis(1500));
+        let text = m.render();
+
+        assert_eq!(m.deliveries.get(), 5);
+        assert_eq!(m.rooms.get(), 7);
+        assert_eq!(value(&text, r#"confab_commands_total{node="n1"}"#), 1.0);
+        assert_eq!(value(&text, r#"confab_deliveries_total{node="n1"}"#), 5.0);
+        assert_eq!(value(&text, r#"confab_connections{node="n1"}"#), 1.0);
+        assert_eq!(
+            value(&text, r#"confab_connections_accepted_total{node="n1"}"#),
+            1.0
+        );
+        assert_eq!(value(&text, r#"confab_rooms{node="n1"}"#), 7.0);
+        assert_eq!(
+            value(&text, r#"confab_append_seconds_total{node="n1"}"#),
+            1.5
+        );
+        assert_eq!(m.batch_seconds.get(), 1.5);
+
+        for series in [
+            "confab_connections",
+            "confab_connections_accepted_total",
+            "confab_commands_total",
+            "confab_command_errors_total",
+            "confab_rate_limited_total",
+            "confab_evictions_total",
+            "confab_events_committed_total",
+            "confab_deliveries_total",
+            "confab_append_batches_total",
+            "confab_append_batched_total",
+            "confab_append_seconds_total",
+            "confab_store_errors_total",
+            "confab_replays_total",
+            "confab_replayed_events_total",
+            "confab_gap_repairs_total",
+            "confab_bus_published_total",
+            "confab_bus_received_total",
+            "confab_bus_errors_total",
+            "confab_rooms",
+        ] {
+            let full = format!(r#"{series}{{node="n1"}}"#);
+            assert!(sample(&text, &full).is_some(), "no {full} in\n{text}");
+        }
+        // Today's HELP texts, with one period.
+        assert!(text.contains("# HELP confab_commands Commands received.\n"));
+        assert!(text.contains("# HELP confab_evictions Slow consumers evicted (close 4000).\n"));
+        assert!(!text.contains(".."), "{text}");
+        assert!(text.ends_with("# EOF\n"));
+    }
+
+    #[test]
+    fn a_histogram_observation_renders_buckets_count_and_sum() {
+        let m = Metrics::new("n1");
+        m.ack_latency.observe(0.0003);
+        m.ack_latency.observe_duration(Duration::from_millis(20));
+        m.batch_size.observe(3.0);
+        m.replay_size.observe(12_000.0);
+        m.commit_latency.observe(0.002);
+        let text = m.render();
+
+        let ack = "confab_ack_latency_seconds";
+        assert!(text.contains(&format!("# TYPE {ack} histogram\n")));
+        assert_eq!(value(&text, &format!(r#"{ack}_count{{node="n1"}}"#)), 2.0);
+        assert!((value(&text, &format!(r#"{ack}_sum{{node="n1"}}"#)) - 0.0203).abs() < 1e-9);
+        assert_eq!(
+            value(&text, &format!(r#"{ack}_bucket{{node="n1",le="0.0004"}}"#)),
+            1.0
+        );
+        assert_eq!(
+            value(&text, &format!(r#"{ack}_bucket{{node="n1",le="+Inf"}}"#)),
+            2.0
+        );
+        assert_eq!(
+            value(
+                &text,
+                r#"confab_append_batch_size_bucket{node="n1",le="4.0"}"#
+            ),
+            1.0
+        );
+        assert_eq!(
+            value(
+                &text,
+                r#"confab_append_batch_size_bucket{node="n1",le="2.0"}"#
+            ),
+            0.0
+        );
+        assert!(sample(
+            &text,
+            r#"confab_append_batch_size_bucket{node="n1",le="4096.0"}"#
+        )
+        .is_some());
+        assert_eq!(
+            value(
+                &text,
+                r#"confab_replay_size_bucket{node="n1",le="16384.0"}"#
+            ),
+            1.0
+        );
+        assert_eq!(
+            value(&text, r#"confab_commit_latency_seconds_count{node="n1"}"#),
+            1.0
+        );
+        // The latency buckets run from 50 µs to ~10 s.
+        assert!(sample(&text, &format!(r#"{ack}_bucket{{node="n1",le="0.00005"}}"#)).is_some());
+        assert!(sample(&text, &format!(r#"{ack}_bucket{{node="n1",le="13.1072"}}"#)).is_some());
+    }
+
+    #[test]
+    fn build_info_has_the_version() {
+        let text = Metrics::new("n1").render();
+        let line = format!(
+            r#"confab_build_info{{node="n1",version="{}"}} 1"#,
+            env!("CARGO_PKG_VERSION")
+        );
+        assert!(text.lines().any(|l| l == line), "no {line} in\n{text}");
+        assert!(text.contains("# TYPE confab_build info\n"));
+    }
+
+    #[test]
+    fn the_sample_parser_rejects_unescaped_values() {
+        assert!(parse_sample(r#"x{node="n"1\x"} 1"#).is_err());
+        assert!(parse_sample(r#"x{node="n\"} 1"#).is_err());
+        assert!(parse_sample("x{node=\"n\n1\"} 1").is_err());
+        assert_eq!(
+            parse_sample(r#"x{node="n\"1\\x",le="+Inf"} 1"#),
+            Ok(vec![
+                ("node".into(), "n\"1\\x".into()),
+                ("le".into(), "+Inf".into())
+            ])
+        );
+    }
+
+    #[test]
+    fn a_node_id_with_a_quote_renders_valid_text() {
+        let m = Metrics::new("n\"1\\x");
+        m.commands.inc();
+        m.ack_latency.observe(0.01);
+        let text = m.render();
+
+        assert!(text.contains(r#"node="n\"1\\x""#), "{text}");
+        let mut samples = 0;
+        for line in text.lines().filter(|l| !l.starts_with('#')) {
+            let labels = parse_sample(line).unwrap_or_else(|e| panic!("{e}: {line}"));
+            assert!(
+                labels.contains(&("node".into(), "n\"1\\x".into())),
+                "{line}"
+            );
+            samples += 1;
+        }
+        assert!(samples > 20, "{text}");
+
+        // A newline stays inside its label value too.
+        let text = Metrics::new("n\n1").render();
+        assert!(text.contains(r#"confab_rooms{node="n\n1"} 0"#), "{text}");
+        for line in text.lines().filter(|l| !l.starts_with('#')) {
+            parse_sample(line).unwrap_or_else(|e| panic!("{e}: {line}"));
+        }
     }
 }
