@@ -1,6 +1,10 @@
-//! Configuration: every environment variable the server reads, read once into
-//! a typed [`Config`] at start-up. A bad value stops start-up with a message
-//! naming the variable. README.md and `.env.example` list the same variables.
+//! Configuration: every setting a node reads, each an environment variable
+//! with a default (and a flag beside it), declared once in [`settings!`] so
+//! that `confab --help`, [`Settings::VARS`] and the defaults cannot drift.
+//! README.md's table and `.env.example` list the same variables (a test
+//! checks it). Values are parsed here, not by clap, so that a bad one stops
+//! start-up with a message naming its variable. Secrets (URLs with
+//! passwords) never appear in `Debug` output or logs.
 
 use std::collections::HashMap;
 use std::fmt;
@@ -8,26 +12,154 @@ use std::str::FromStr;
 use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
+use clap::{Parser, Subcommand};
+
+/// Declares the settings: field, variable, default ("" for none or a
+/// computed one, explained in the doc line), whether its value is secret.
+macro_rules! settings {
+    ($( $(#[doc = $doc:literal])+ $field:ident: $var:literal = $default:literal $(, $secret:ident)?; )*) => {
+        /// Every setting as given (flag or environment variable), not yet parsed.
+        #[derive(clap::Args, Clone, Default)]
+        pub struct Settings {
+            $(
+                $(#[doc = $doc])+
+                #[doc = concat!("[default: ", $default, "]")]
+                #[arg(long, env = $var, global = true, value_name = $var,
+                      hide_default_value = true $(, hide_env_values = settings!(@secret $secret))?)]
+                pub $field: Option<String>,
+            )*
+        }
+
+        impl Settings {
+            /// Every variable a node reads, in `--help`'s order.
+            pub const VARS: &'static [&'static str] = &[$($var),*];
+
+            /// The settings from a map of variables (tests pass their own).
+            pub fn from_vars(vars: &HashMap<String, String>) -> Settings {
+                Settings { $( $field: vars.get($var).cloned(), )* }
+            }
+
+            /// A variable's value, or its default; `None` when neither is set.
+            /// An empty value counts as unset.
+            fn get(&self, var: &str) -> Option<&str> {
+                let (value, default): (Option<&String>, &str) = match var {
+                    $( $var => (self.$field.as_ref(), $default), )*
+                    _ => (None, ""),
+                };
+                value
+                    .map(|v| v.trim())
+                    .filter(|v| !v.is_empty())
+                    .or(Some(default).filter(|d| !d.is_empty()))
+            }
+        }
+    };
+    (@secret secret) => { true };
+}
+
+settings! {
+    /// Address to listen on.
+    host: "HOST" = "0.0.0.0";
+    /// Port for WebSocket (/ws) and HTTP (/health, /metrics, /rooms, /).
+    port: "PORT" = "8080";
+    /// The node's name in hello, in events, in metrics and in Redis presence
+    /// keys. Default: "node-" and 6 random hex digits, new at each start.
+    node_id: "NODE_ID" = "";
+    /// SQLite file of the embedded store (used when DATABASE_URL is unset).
+    sqlite_path: "SQLITE_PATH" = "confab.db";
+    /// postgres:// URL: when set, PostgreSQL is the store. Default: unset.
+    database_url: "DATABASE_URL" = "", secret;
+    /// PostgreSQL connections per node.
+    pg_pool_size: "PG_POOL_SIZE" = "16";
+    /// redis:// URL: when set, events and presence are shared with peers.
+    /// Default: unset (one node).
+    redis_url: "REDIS_URL" = "", secret;
+    /// Redis channel for events; also the prefix of the presence keys.
+    redis_channel: "REDIS_CHANNEL" = "chat:events";
+    /// Actix worker threads serving sockets. Default: the number of CPUs.
+    workers: "WORKERS" = "";
+    /// Largest WebSocket frame in bytes (a larger one closes with 1009).
+    max_frame_bytes: "MAX_FRAME_BYTES" = "65536";
+    /// Longest message, in characters.
+    max_message_chars: "MAX_MESSAGE_CHARS" = "4096";
+    /// Most events a join with since replays.
+    replay_limit: "REPLAY_LIMIT" = "10000";
+    /// Seconds between the server's pings.
+    heartbeat_interval_secs: "HEARTBEAT_INTERVAL_SECS" = "15";
+    /// A socket silent this many seconds is dropped.
+    client_timeout_secs: "CLIENT_TIMEOUT_SECS" = "45";
+    /// Commands per second per connection (token refill rate).
+    rate_limit_per_sec: "RATE_LIMIT_PER_SEC" = "50";
+    /// Token bucket size per connection.
+    rate_limit_burst: "RATE_LIMIT_BURST" = "100";
+    /// Refused commands in a row after which the connection closes with 1008.
+    rate_limit_close_after: "RATE_LIMIT_CLOSE_AFTER" = "50";
+    /// Frames queued for one socket before it is evicted (4000).
+    session_mailbox: "SESSION_MAILBOX" = "4096";
+    /// HTTP write buffer per connection, in bytes.
+    write_buffer_bytes: "WRITE_BUFFER_BYTES" = "32768";
+    /// Seconds of unacknowledged data after which the kernel drops a peer.
+    tcp_user_timeout_secs: "TCP_USER_TIMEOUT_SECS" = "30";
+    /// Appends waiting for the event writer (full: unavailable).
+    writer_queue: "WRITER_QUEUE" = "50000";
+    /// Most appends committed in one transaction.
+    writer_batch_max: "WRITER_BATCH_MAX" = "2000";
+    /// On SIGTERM, seconds to wait for workers and for the writer.
+    shutdown_timeout_secs: "SHUTDOWN_TIMEOUT_SECS" = "10";
+    /// Log filter (env_logger), e.g. info or confab=debug.
+    rust_log: "RUST_LOG" = "info";
+    /// Log colours: auto, always or never.
+    rust_log_style: "RUST_LOG_STYLE" = "auto";
+}
+
+/// `confab`: a real-time chat server. Every setting is an environment
+/// variable (shown in brackets) or the flag beside it.
+#[derive(Parser)]
+#[command(name = "confab", version, about, long_about = None)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Option<Cmd>,
+    #[command(flatten)]
+    pub settings: Settings,
+}
+
+#[derive(Subcommand, Clone, Copy, PartialEq, Eq, Debug)]
+pub enum Cmd {
+    /// Run the node (what `confab` alone does).
+    Serve,
+    /// Apply the store's migrations and exit (for deploy pipelines).
+    Migrate,
+}
+
+/// A URL that may carry a password: `Debug` and `Display` show it redacted.
+#[derive(Clone, PartialEq, Eq)]
+pub struct SecretUrl(String);
+
+impl SecretUrl {
+    /// The URL itself, for the client library that connects with it.
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for SecretUrl {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&redact_url(&self.0))
+    }
+}
+
+impl fmt::Display for SecretUrl {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&redact_url(&self.0))
+    }
+}
 
 /// Where events are stored.
-#[derive(Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum StoreConfig {
     /// The embedded default: one SQLite file.
     Sqlite { path: String },
     /// PostgreSQL, the clustered path.
-    Postgres { url: String, pool_size: usize },
-}
-
-impl fmt::Debug for StoreConfig {
-    // The database URL may carry a password: never print it.
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            StoreConfig::Sqlite { path } => write!(f, "sqlite:{path}"),
-            StoreConfig::Postgres { url, pool_size } => {
-                write!(f, "postgres:{} (pool {pool_size})", redact_url(url))
-            }
-        }
-    }
+    Postgres { url: SecretUrl, pool_size: usize },
 }
 
 /// `scheme://user:secret@host/db` → `scheme://user:***@host/db`.
@@ -41,16 +173,16 @@ pub fn redact_url(url: &str) -> String {
     url.to_owned()
 }
 
-/// Everything a node needs to know, with the defaults of README.md.
+/// Everything a node needs to know, parsed and checked.
 #[derive(Debug, Clone)]
 pub struct Config {
     pub host: String,
     pub port: u16,
     pub node_id: String,
     pub store: StoreConfig,
-    pub redis_url: Option<String>,
+    pub redis_url: Option<SecretUrl>,
     pub redis_channel: String,
-    /// Actix worker threads serving sockets (default: one per core).
+    /// Actix worker threads serving sockets.
     pub workers: usize,
     pub max_frame_bytes: usize,
     pub max_message_chars: usize,
@@ -72,50 +204,54 @@ pub struct Config {
 }
 
 impl Config {
-    /// Reads the process environment.
+    /// Reads the process environment alone (no flags).
     pub fn from_env() -> Result<Config> {
         Config::from_vars(std::env::vars().collect())
     }
 
     /// Reads the given variables (tests pass their own).
     pub fn from_vars(vars: HashMap<String, String>) -> Result<Config> {
-        let env = Env(vars);
-        let store = match env.string("DATABASE_URL") {
+        Config::from_settings(&Settings::from_vars(&vars))
+    }
+
+    /// Parses and checks the settings.
+    pub fn from_settings(s: &Settings) -> Result<Config> {
+        let store = match s.get("DATABASE_URL") {
             Some(url) => StoreConfig::Postgres {
-                url,
-                pool_size: env.parse("PG_POOL_SIZE", 16)?,
+                url: SecretUrl(url.to_owned()),
+                pool_size: parse(s, "PG_POOL_SIZE")?,
             },
             None => StoreConfig::Sqlite {
-                path: env
-                    .string("SQLITE_PATH")
-                    .unwrap_or_else(|| "confab.db".into()),
+                path: string(s, "SQLITE_PATH"),
             },
         };
-        let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+        let workers = match s.get("WORKERS") {
+            Some(_) => parse(s, "WORKERS")?,
+            None => std::thread::available_parallelism().map_or(1, |n| n.get()),
+        };
+        let secs = |var| parse(s, var).map(Duration::from_secs);
         let config = Config {
-            host: env.string("HOST").unwrap_or_else(|| "0.0.0.0".into()),
-            port: env.parse("PORT", 8080)?,
-            node_id: env.string("NODE_ID").unwrap_or_else(default_node_id),
+            host: string(s, "HOST"),
+            port: parse(s, "PORT")?,
+            node_id: s.get("NODE_ID").map_or_else(default_node_id, str::to_owned),
             store,
-            redis_url: env.string("REDIS_URL"),
-            redis_channel: env
-                .string("REDIS_CHANNEL")
-                .unwrap_or_else(|| "chat:events".into()),
-            workers: env.parse("WORKERS", cores)?,
-            max_frame_bytes: env.parse("MAX_FRAME_BYTES", 64 * 1024)?,
-            max_message_chars: env.parse("MAX_MESSAGE_CHARS", 4096)?,
-            replay_limit: env.parse("REPLAY_LIMIT", 10_000)?,
-            heartbeat_interval: Duration::from_secs(env.parse("HEARTBEAT_INTERVAL_SECS", 15)?),
-            client_timeout: Duration::from_secs(env.parse("CLIENT_TIMEOUT_SECS", 45)?),
-            rate_per_sec: env.parse("RATE_LIMIT_PER_SEC", 50)?,
-            rate_burst: env.parse("RATE_LIMIT_BURST", 100)?,
-            rate_close_after: env.parse("RATE_LIMIT_CLOSE_AFTER", 50)?,
-            session_mailbox: env.parse("SESSION_MAILBOX", 4096)?,
-            write_buffer_bytes: env.parse("WRITE_BUFFER_BYTES", 32 * 1024)?,
-            tcp_user_timeout: Duration::from_secs(env.parse("TCP_USER_TIMEOUT_SECS", 30)?),
-            writer_queue: env.parse("WRITER_QUEUE", 50_000)?,
-            writer_batch_max: env.parse("WRITER_BATCH_MAX", 2_000)?,
-            shutdown_timeout: Duration::from_secs(env.parse("SHUTDOWN_TIMEOUT_SECS", 10)?),
+            redis_url: s.get("REDIS_URL").map(|u| SecretUrl(u.to_owned())),
+            redis_channel: string(s, "REDIS_CHANNEL"),
+            workers,
+            max_frame_bytes: parse(s, "MAX_FRAME_BYTES")?,
+            max_message_chars: parse(s, "MAX_MESSAGE_CHARS")?,
+            replay_limit: parse(s, "REPLAY_LIMIT")?,
+            heartbeat_interval: secs("HEARTBEAT_INTERVAL_SECS")?,
+            client_timeout: secs("CLIENT_TIMEOUT_SECS")?,
+            rate_per_sec: parse(s, "RATE_LIMIT_PER_SEC")?,
+            rate_burst: parse(s, "RATE_LIMIT_BURST")?,
+            rate_close_after: parse(s, "RATE_LIMIT_CLOSE_AFTER")?,
+            session_mailbox: parse(s, "SESSION_MAILBOX")?,
+            write_buffer_bytes: parse(s, "WRITE_BUFFER_BYTES")?,
+            tcp_user_timeout: secs("TCP_USER_TIMEOUT_SECS")?,
+            writer_queue: parse(s, "WRITER_QUEUE")?,
+            writer_batch_max: parse(s, "WRITER_BATCH_MAX")?,
+            shutdown_timeout: secs("SHUTDOWN_TIMEOUT_SECS")?,
         };
         config.check()?;
         Ok(config)
@@ -143,6 +279,7 @@ impl Config {
             bail!("CLIENT_TIMEOUT_SECS must be greater than HEARTBEAT_INTERVAL_SECS");
         }
         if let StoreConfig::Postgres { url, pool_size } = &self.store {
+            let url = url.expose();
             if !(url.starts_with("postgres://") || url.starts_with("postgresql://")) {
                 bail!("DATABASE_URL must start with postgres:// or postgresql://");
             }
@@ -151,6 +288,7 @@ impl Config {
             }
         }
         if let Some(url) = &self.redis_url {
+            let url = url.expose();
             if !(url.starts_with("redis://") || url.starts_with("rediss://")) {
                 bail!("REDIS_URL must start with redis:// or rediss://");
             }
@@ -163,28 +301,20 @@ fn default_node_id() -> String {
     format!("node-{:06x}", rand::random::<u32>() & 0xff_ffff)
 }
 
-struct Env(HashMap<String, String>);
+fn string(s: &Settings, var: &str) -> String {
+    s.get(var).unwrap_or_default().to_owned()
+}
 
-impl Env {
-    /// A set, non-empty variable.
-    fn string(&self, name: &str) -> Option<String> {
-        self.0
-            .get(name)
-            .map(|v| v.trim().to_owned())
-            .filter(|v| !v.is_empty())
-    }
-
-    fn parse<T: FromStr>(&self, name: &str, default: T) -> Result<T>
-    where
-        T::Err: std::error::Error + Send + Sync + 'static,
-    {
-        match self.string(name) {
-            None => Ok(default),
-            Some(v) => v
-                .parse()
-                .with_context(|| format!("{name}={v:?} is not a valid value")),
-        }
-    }
+/// Parses a variable (or its default), naming it and its flag when the value is bad.
+fn parse<T: FromStr>(s: &Settings, var: &str) -> Result<T>
+where
+    T::Err: std::error::Error + Send + Sync + 'static,
+{
+    let value = s.get(var).unwrap_or_default();
+    value.parse().with_context(|| {
+        let flag = var.to_lowercase().replace('_', "-");
+        format!("{var}={value:?} (or --{flag}) is not a valid value")
+    })
 }
 
 #[cfg(test)]
@@ -210,6 +340,15 @@ mod tests {
         );
         assert_eq!(c.replay_limit, 10_000);
         assert_eq!(c.max_message_chars, 4096);
+        assert!(c.node_id.starts_with("node-"));
+        assert!(c.redis_url.is_none());
+    }
+
+    #[test]
+    fn an_empty_variable_takes_its_default() {
+        let c = Config::from_vars(vars(&[("PORT", ""), ("DATABASE_URL", " ")])).unwrap();
+        assert_eq!(c.port, 8080);
+        assert!(matches!(c.store, StoreConfig::Sqlite { .. }));
     }
 
     #[test]
@@ -223,9 +362,28 @@ mod tests {
     }
 
     #[test]
-    fn database_passwords_are_not_printed() {
-        let c = Config::from_vars(vars(&[("DATABASE_URL", "postgres://u:hunter2@h/db")])).unwrap();
+    fn passwords_are_not_printed() {
+        let c = Config::from_vars(vars(&[
+            ("DATABASE_URL", "postgres://u:hunter2@h/db"),
+            ("REDIS_URL", "redis://:swordfish@h:6379/"),
+        ]))
+        .unwrap();
         let shown = format!("{c:?}");
         assert!(!shown.contains("hunter2"), "{shown}");
+        assert!(!shown.contains("swordfish"), "{shown}");
+        assert!(shown.contains("redis://:***@h:6379/"), "{shown}");
+    }
+
+    #[test]
+    fn every_setting_is_a_flag_too() {
+        let cli =
+            Cli::try_parse_from(["confab", "serve", "--port", "9001", "--redis-channel", "c"])
+                .unwrap();
+        assert_eq!(cli.command, Some(Cmd::Serve));
+        let c = Config::from_settings(&cli.settings).unwrap();
+        assert_eq!((c.port, c.redis_channel.as_str()), (9001, "c"));
+        let cli = Cli::try_parse_from(["confab", "--port", "x"]).unwrap();
+        let err = Config::from_settings(&cli.settings).unwrap_err();
+        assert!(err.to_string().contains("PORT"), "{err}");
     }
 }

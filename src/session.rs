@@ -16,13 +16,13 @@ use actix::prelude::*;
 use actix_web::{web, HttpRequest, HttpResponse};
 use actix_web_actors::ws::{self, CloseCode, CloseReason, ProtocolError};
 
+use crate::hub::ChatServer;
+use crate::messages::{ConnId, Connect, Deliver, Disconnect, Identify, Outbound, Request};
+use crate::node::NodeContext;
 use crate::protocol::{
-    error_frame, parse_command, Command, CommandLimits, ErrorCode, ProtoError, Reply, UserId,
+    error_frame, parse_command, reply_frame, Command, CommandLimits, ErrorCode, ProtoError, Reply,
+    UserId,
 };
-use crate::server::{
-    ChatServer, ConnId, Connect, Deliver, Disconnect, Identify, Outbound, Request,
-};
-use crate::NodeContext;
 
 /// Close code for a slow consumer (PROTOCOL.md, Closing).
 const CLOSE_SLOW_CONSUMER: u16 = 4000;
@@ -104,14 +104,13 @@ impl WsSession {
     }
 
     fn hello(&self, ctx: &mut ws::WebsocketContext<Self>) {
-        let frame = Reply::Hello {
+        let frame = reply_frame(&Reply::Hello {
             node: &self.node.config.node_id,
             protocol: crate::protocol::PROTOCOL_VERSION,
             epoch: self.node.store.epoch(),
             user_id: self.user.as_ref(),
             limits: &self.node.limits,
-        }
-        .to_frame();
+        });
         ctx.text(frame);
     }
 
@@ -129,6 +128,7 @@ impl WsSession {
     }
 
     fn on_text(&mut self, text: &str, ctx: &mut ws::WebsocketContext<Self>) {
+        let received = Instant::now();
         self.node.metrics.commands.inc();
         let parsed = parse_command(
             text,
@@ -148,9 +148,14 @@ impl WsSession {
         if let (None, Some(user)) = (&self.user, &parsed.user_id) {
             self.user = Some(user.clone());
             if let Some(conn) = self.conn {
-                self.server().do_send(Identify {
+                // Once per connection, so this waits for room in the
+                // ChatServer's mailbox rather than queueing without bound.
+                let identify = self.server().send(Identify {
                     conn,
                     user: user.clone(),
+                });
+                actix::spawn(async move {
+                    let _ = identify.await;
                 });
             }
         }
@@ -198,6 +203,7 @@ impl WsSession {
             reference: reference.clone(),
             user: self.user.clone(),
             command,
+            received,
         };
         match self.server().try_send(request) {
             Ok(()) => {}
@@ -237,7 +243,11 @@ impl Actor for WsSession {
     fn stopped(&mut self, _: &mut Self::Context) {
         self.node.metrics.connections.dec();
         if let Some(conn) = self.conn {
-            self.server().do_send(Disconnect { conn });
+            // Once per connection: waits for room in the mailbox, never dropped.
+            let disconnect = self.server().send(Disconnect { conn });
+            actix::spawn(async move {
+                let _ = disconnect.await;
+            });
         }
     }
 }
@@ -257,6 +267,9 @@ impl Handler<Deliver> for WsSession {
             ctx.stop();
             return;
         }
+        if self.outbound.shutdown.load(Ordering::Relaxed) {
+            return self.close_away(ctx);
+        }
         match msg {
             Deliver::Frame(frame) => ctx.text(frame),
             Deliver::Frames(frames) => {
@@ -264,14 +277,19 @@ impl Handler<Deliver> for WsSession {
                     ctx.text(frame.clone());
                 }
             }
-            Deliver::Shutdown => {
-                ctx.close(Some(CloseReason {
-                    code: CloseCode::Away,
-                    description: Some("node shutting down: reconnect and resume with since".into()),
-                }));
-                ctx.stop();
-            }
+            Deliver::Shutdown => self.close_away(ctx),
         }
+    }
+}
+
+impl WsSession {
+    /// The node is shutting down: 1001, so the client reconnects elsewhere and resumes.
+    fn close_away(&mut self, ctx: &mut ws::WebsocketContext<Self>) {
+        ctx.close(Some(CloseReason {
+            code: CloseCode::Away,
+            description: Some("node shutting down: reconnect and resume with since".into()),
+        }));
+        ctx.stop();
     }
 }
 

@@ -13,22 +13,15 @@ use std::time::Instant;
 use actix::prelude::*;
 use tokio::sync::mpsc;
 
+use crate::messages::{Committed, Origin};
 use crate::metrics::Metrics;
 use crate::protocol::ProtoError;
-use crate::server::Origin;
 use crate::store::{AppendOutcome, AppendRequest, EventStore};
 
 /// One append and who is waiting for it.
 pub struct AppendJob {
     pub request: AppendRequest,
     pub origin: Origin,
-}
-
-/// The outcomes of one committed (or failed) batch, in append order.
-#[derive(Message)]
-#[rtype(result = "()")]
-pub struct Committed {
-    pub jobs: Vec<(Origin, AppendRequest, Result<AppendOutcome, ProtoError>)>,
 }
 
 /// The sending side of the writer's queue.
@@ -81,7 +74,10 @@ pub fn spawn(
                 };
             metrics.batches.inc();
             metrics.batched_appends.add(requests.len() as u64);
-            metrics.batch_seconds.add_duration(started.elapsed());
+            let took = started.elapsed();
+            metrics.batch_seconds.add_duration(took);
+            metrics.commit_latency.observe(took.as_secs_f64());
+            metrics.batch_size.observe(requests.len() as f64);
             let jobs = origins
                 .into_iter()
                 .zip(requests)

@@ -142,9 +142,16 @@ pub async fn open(config: &StoreConfig) -> anyhow::Result<Arc<dyn EventStore>> {
     Ok(match config {
         StoreConfig::Sqlite { path } => Arc::new(sqlite::SqliteStore::open(path).await?),
         StoreConfig::Postgres { url, pool_size } => {
-            Arc::new(postgres::PgStore::open(url, *pool_size).await?)
+            Arc::new(postgres::PgStore::open(url.expose(), *pool_size).await?)
         }
     })
+}
+
+/// Applies the configured store's migrations and closes it (`confab migrate`).
+pub async fn migrate(config: &StoreConfig) -> anyhow::Result<()> {
+    let store = open(config).await?;
+    log::info!("the {} store is migrated", store.name());
+    Ok(())
 }
 
 /// What a store loaded, under its locks, for the rooms a batch touches.

@@ -1,0 +1,316 @@
+//! The Redis bus: the publisher (envelopes, pipelined per batch, in commit
+//! order), the subscriber (validates each envelope's header and forwards the
+//! event's bytes untouched; reconnects and asks for a resync) and the
+//! presence task. See the parent module for what the bus promises.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use actix::Recipient;
+use anyhow::Context as _;
+use futures_util::StreamExt;
+use tokio::sync::mpsc;
+
+use super::{BusHandle, BusHealth, HubLink};
+use crate::config::{redact_url, Config};
+use crate::messages::{LiveEvent, PeerEvents, Resync};
+use crate::metrics::Metrics;
+use crate::protocol::{Envelope, Header};
+/// How often a node compares every room's last seq with the store, to catch
+/// events whose publish was lost while nobody noticed.
+const RESYNC_INTERVAL: Duration = Duration::from_secs(10);
+/// Batches waiting to be published; past this, a batch is dropped (peers
+/// repair from the store).
+const PUBLISH_QUEUE: usize = 4096;
+/// Most peer events forwarded to the ChatServer in one message.
+const FORWARD_BATCH: usize = 512;
+
+/// A connected Redis bus whose tasks have not started yet.
+pub struct RedisBus {
+    client: redis::Client,
+    first: redis::aio::PubSub,
+    pool: deadpool_redis::Pool,
+    channel: String,
+    node: String,
+    publish: mpsc::Sender<Vec<LiveEvent>>,
+    queue: mpsc::Receiver<Vec<LiveEvent>>,
+    metrics: Arc<Metrics>,
+    up: Arc<AtomicBool>,
+}
+
+impl RedisBus {
+    /// Subscribes to the channel (so nothing published from now on is
+    /// missed) and builds the publishing pool.
+    pub async fn connect(
+        url: &str,
+        config: &Config,
+        metrics: Arc<Metrics>,
+    ) -> anyhow::Result<RedisBus> {
+        let shown = redact_url(url);
+        let client = redis::Client::open(url)
+            .with_context(|| format!("REDIS_URL={shown} is not a valid Redis URL"))?;
+        let channel = config.redis_channel.clone();
+        let first = subscribe(&client, &channel)
+            .await
+            .with_context(|| format!("cannot subscribe to {channel} at REDIS_URL={shown}"))?;
+        let pool = deadpool_redis::Config::from_url(url)
+            .builder()
+            .context("redis pool config")?
+            .max_size(4)
+            .wait_timeout(Some(Duration::from_secs(2)))
+            .create_timeout(Some(Duration::from_secs(2)))
+            .recycle_timeout(Some(Duration::from_secs(1)))
+            .runtime(deadpool_redis::Runtime::Tokio1)
+            .build()
+            .context("redis pool")?;
+        let (publish, queue) = mpsc::channel(PUBLISH_QUEUE);
+        Ok(RedisBus {
+            client,
+            first,
+            pool,
+            channel,
+            node: config.node_id.clone(),
+            publish,
+            queue,
+            metrics,
+            up: Arc::new(AtomicBool::new(true)),
+        })
+    }
+
+    pub fn handle(&self) -> BusHandle {
+        BusHandle::Redis {
+            publish: self.publish.clone(),
+            metrics: self.metrics.clone(),
+        }
+    }
+
+    pub fn health(&self) -> BusHealth {
+        BusHealth {
+            up: self.up.clone(),
+        }
+    }
+
+    pub fn start(self, hub: HubLink) {
+        let RedisBus {
+            client,
+            first,
+            pool,
+            channel,
+            node,
+            publish: _,
+            queue,
+            metrics,
+            up,
+        } = self;
+        actix::spawn(publisher(
+            pool.clone(),
+            channel.clone(),
+            node.clone(),
+            queue,
+            metrics.clone(),
+        ));
+        let subscriber = Subscriber {
+            client,
+            channel: channel.clone(),
+            node: node.clone(),
+            events: hub.events,
+            resync: hub.resync,
+            metrics,
+            up,
+        };
+        actix::spawn(subscriber.run(first));
+        actix::spawn(super::presence::run(
+            pool,
+            channel,
+            node,
+            hub.local,
+            hub.presence,
+        ));
+    }
+}
+
+async fn subscribe(
+    client: &redis::Client,
+    channel: &str,
+) -> redis::RedisResult<redis::aio::PubSub> {
+    let mut pubsub = tokio::time::timeout(Duration::from_secs(3), client.get_async_pubsub())
+        .await
+        .map_err(|_| {
+            redis::RedisError::from(std::io::Error::from(std::io::ErrorKind::TimedOut))
+        })??;
+    pubsub.subscribe(channel).await?;
+    Ok(pubsub)
+}
+
+/// Publishes batches in order; a failed batch is retried (in order) until it
+/// goes through or newer batches pile up behind it.
+async fn publisher(
+    pool: deadpool_redis::Pool,
+    channel: String,
+    node: String,
+    mut rx: mpsc::Receiver<Vec<LiveEvent>>,
+    metrics: Arc<Metrics>,
+) {
+    while let Some(events) = rx.recv().await {
+        let mut pipe = redis::pipe();
+        for ev in &events {
+            let header = Header {
+                node: node.clone(),
+                room: ev.room.clone(),
+                seq: ev.seq,
+                kind: ev.kind,
+                user: ev.user.clone(),
+                to: None,
+            };
+            pipe.cmd("PUBLISH")
+                .arg(&channel)
+                .arg(header.encode(&ev.frame))
+                .ignore();
+        }
+        let mut delay = Duration::from_millis(50);
+        loop {
+            let sent = async {
+                let mut conn = pool.get().await.map_err(|e| anyhow::anyhow!("{e}"))?;
+                pipe.query_async::<()>(&mut conn).await?;
+                anyhow::Ok(())
+            }
+            .await;
+            match sent {
+                Ok(()) => {
+                    metrics.bus_published.add(events.len() as u64);
+                    break;
+                }
+                Err(e) => {
+                    metrics.bus_errors.inc();
+                    if rx.len() > PUBLISH_QUEUE / 2 {
+                        // Peers repair from the store when they resync.
+                        log::warn!("publish failed ({e}); dropping {} events", events.len());
+                        break;
+                    }
+                    log::warn!("publish failed ({e}); retrying in {delay:?}");
+                    tokio::time::sleep(delay).await;
+                    delay = (delay * 2).min(Duration::from_secs(2));
+                }
+            }
+        }
+    }
+}
+
+/// Forwards peers' events to the ChatServer; reconnects with backoff and asks
+/// for a resync after every reconnect (pub/sub dropped what was published
+/// meanwhile) and every [`RESYNC_INTERVAL`].
+struct Subscriber {
+    client: redis::Client,
+    channel: String,
+    node: String,
+    events: Recipient<PeerEvents>,
+    resync: Recipient<Resync>,
+    metrics: Arc<Metrics>,
+    up: Arc<AtomicBool>,
+}
+
+impl Subscriber {
+    async fn run(self, first: redis::aio::PubSub) {
+        let mut pubsub = Some(first);
+        let mut delay = Duration::from_millis(100);
+        loop {
+            let current = match pubsub.take() {
+                Some(p) => p,
+                None => match subscribe(&self.client, &self.channel).await {
+                    Ok(p) => {
+                        log::info!(
+                            "bus subscriber reconnected to {}; resyncing rooms",
+                            self.channel
+                        );
+                        delay = Duration::from_millis(100);
+                        self.ask_resync();
+                        p
+                    }
+                    Err(e) => {
+                        log::warn!("bus subscriber cannot reconnect ({e}); retrying in {delay:?}");
+                        tokio::time::sleep(delay).await;
+                        delay = (delay * 2).min(Duration::from_secs(2));
+                        continue;
+                    }
+                },
+            };
+            self.up.store(true, Ordering::Relaxed);
+            if !self.forward(current).await {
+                return;
+            }
+            self.up.store(false, Ordering::Relaxed);
+            self.metrics.bus_errors.inc();
+            log::warn!("bus subscriber lost its connection to Redis; reconnecting");
+        }
+    }
+
+    /// A resync is idempotent: when the mailbox is full, the next interval asks again.
+    fn ask_resync(&self) {
+        let _ = self.resync.try_send(Resync);
+    }
+
+    /// Forwards until the connection is lost (true) or the ChatServer is gone (false).
+    async fn forward(&self, pubsub: redis::aio::PubSub) -> bool {
+        let (mut sink, mut stream) = pubsub.split();
+        let mut resync = tokio::time::interval(RESYNC_INTERVAL);
+        resync.tick().await;
+        let mut keepalive = tokio::time::interval(Duration::from_secs(5));
+        keepalive.tick().await;
+        loop {
+            tokio::select! {
+                msg = stream.next() => {
+                    let Some(msg) = msg else { return true };
+                    let mut events = Vec::new();
+                    self.push_event(&msg, &mut events);
+                    // Take whatever else is already here, in order.
+                    while events.len() < FORWARD_BATCH {
+                        match futures_util::FutureExt::now_or_never(stream.next()) {
+                            Some(Some(msg)) => self.push_event(&msg, &mut events),
+                            _ => break,
+                        }
+                    }
+                    // `send` waits for room in the mailbox: the bus's backpressure.
+                    if !events.is_empty() && self.events.send(PeerEvents { events }).await.is_err() {
+                        return false;
+                    }
+                }
+                _ = resync.tick() => self.ask_resync(),
+                _ = keepalive.tick() => {
+                    // Notices a half-open connection that would never end the stream.
+                    let ping = tokio::time::timeout(Duration::from_secs(3), sink.ping::<redis::Value>()).await;
+                    if !matches!(ping, Ok(Ok(_))) {
+                        log::warn!("bus subscriber ping failed");
+                        return true;
+                    }
+                }
+            }
+        }
+    }
+
+    /// Reads one message: a peer's event is kept, our own skipped, and
+    /// anything that is not a valid envelope dropped and logged.
+    fn push_event(&self, msg: &redis::Msg, events: &mut Vec<LiveEvent>) {
+        match Envelope::decode(msg.get_payload_bytes()) {
+            Ok(env) if env.header.node == self.node => {}
+            Ok(env) => {
+                self.metrics.bus_received.inc();
+                let h = env.header;
+                events.push(LiveEvent {
+                    room: h.room,
+                    seq: h.seq,
+                    kind: h.kind,
+                    user: h.user,
+                    frame: env.event.into(),
+                });
+            }
+            Err(e) => {
+                self.metrics.bus_errors.inc();
+                log::warn!(
+                    "dropping a message on {} that is not a valid envelope: {e}",
+                    self.channel
+                );
+            }
+        }
+    }
+}

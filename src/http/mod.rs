@@ -1,0 +1,79 @@
+//! HTTP on the WebSocket's port: `/ws` (the upgrade), `/health`, `/metrics`,
+//! the web client at `/`, and the REST API ([`rest`]). Handlers ask the
+//! ChatServer or the store; they hold no state.
+
+mod rest;
+
+use std::time::Duration;
+
+use actix_web::http::StatusCode;
+use actix_web::{web, HttpResponse};
+use serde_json::{json, Value};
+
+use crate::metrics::CONTENT_TYPE as METRICS_CONTENT_TYPE;
+use crate::node::NodeContext;
+use crate::protocol::{error_json, ProtoError, RoomName};
+use crate::session;
+
+/// How long `/health` waits for each service.
+const HEALTH_TIMEOUT: Duration = Duration::from_secs(2);
+
+pub fn routes(cfg: &mut web::ServiceConfig) {
+    cfg.route("/", web::get().to(index))
+        .route("/ws", web::get().to(session::upgrade))
+        .route("/health", web::get().to(health))
+        .route("/metrics", web::get().to(metrics))
+        .configure(rest::routes);
+}
+
+async fn index() -> HttpResponse {
+    HttpResponse::Ok()
+        .content_type("text/html; charset=utf-8")
+        .body(include_str!("../../static/index.html"))
+}
+
+/// 200 when every configured service answers, else 503 naming the one down.
+async fn health(node: web::Data<NodeContext>) -> HttpResponse {
+    let mut services = serde_json::Map::new();
+    let store_up = matches!(
+        tokio::time::timeout(HEALTH_TIMEOUT, node.store.ping()).await,
+        Ok(Ok(()))
+    );
+    services.insert(node.store.name().into(), updown(store_up));
+    let mut healthy = store_up;
+    if let Some(bus) = node.bus_health.as_ref() {
+        let up = bus.is_up();
+        services.insert("redis".into(), updown(up));
+        healthy &= up;
+    }
+    let body = json!({
+        "status": if healthy { "healthy" } else { "unhealthy" },
+        "node": node.config.node_id,
+        "services": services,
+    });
+    let status = if healthy {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
+    HttpResponse::build(status).json(body)
+}
+
+fn updown(up: bool) -> Value {
+    Value::from(if up { "up" } else { "down" })
+}
+
+async fn metrics(node: web::Data<NodeContext>) -> HttpResponse {
+    HttpResponse::Ok()
+        .content_type(METRICS_CONTENT_TYPE)
+        .body(node.metrics.render())
+}
+
+/// An error in the protocol's shape, with the HTTP status of its code.
+pub(crate) fn error_response(err: &ProtoError, room: Option<&RoomName>) -> HttpResponse {
+    let status =
+        StatusCode::from_u16(err.code.http_status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+    HttpResponse::build(status)
+        .content_type("application/json")
+        .body(error_json(None, err, room))
+}

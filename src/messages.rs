@@ -1,0 +1,189 @@
+//! Every actor message of a node, in one place: what sessions, HTTP handlers,
+//! the event writer and the bus send the [`ChatServer`](crate::hub::ChatServer),
+//! and what it sends sessions. The writer and the bus hold `Recipient`s of
+//! these messages, never the ChatServer's address, so no module imports the
+//! actor it talks to.
+
+use std::collections::HashSet;
+use std::sync::atomic::{AtomicBool, AtomicUsize};
+use std::sync::Arc;
+use std::time::Instant;
+
+use actix::prelude::*;
+use bytestring::ByteString;
+use tokio::sync::oneshot;
+
+use crate::protocol::ProtoError;
+use crate::protocol::{
+    Command, Event, EventKind, Ref, RoomInfo, RoomName, SendMessage, Seq, UserId,
+};
+use crate::store::{AppendOutcome, AppendRequest};
+
+/// A local connection's id, unique for the life of the node.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct ConnId(pub u64);
+
+/// What the ChatServer sends a session.
+#[derive(Message, Clone)]
+#[rtype(result = "()")]
+pub enum Deliver {
+    /// One text frame.
+    Frame(ByteString),
+    /// Consecutive frames (a room's events, or a connection's replies),
+    /// shared by every recipient.
+    Frames(Arc<[ByteString]>),
+    /// The node is shutting down: close with 1001.
+    Shutdown,
+}
+
+impl Deliver {
+    /// How many frames this message puts on the socket.
+    pub fn frames(&self) -> usize {
+        match self {
+            Deliver::Frame(_) => 1,
+            Deliver::Frames(f) => f.len(),
+            Deliver::Shutdown => 0,
+        }
+    }
+}
+
+/// The state of one session's outbound path, shared by the ChatServer (which
+/// queues frames) and the session (which writes them).
+#[derive(Default)]
+pub struct Outbound {
+    /// Set by the server when the session is evicted; the session closes with 4000.
+    pub evicted: AtomicBool,
+    /// Set when the node shuts down and the `Shutdown` message found the
+    /// mailbox full; the session closes with 1001 when it next runs.
+    pub shutdown: AtomicBool,
+    /// Frames queued in the session's mailbox and not yet taken by it.
+    pub queued: AtomicUsize,
+}
+
+/// A session opened: it gets a [`ConnId`].
+#[derive(Message)]
+#[rtype(result = "ConnId")]
+pub struct Connect {
+    pub addr: Recipient<Deliver>,
+    pub user: Option<UserId>,
+    pub outbound: Arc<Outbound>,
+}
+
+/// A session closed.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct Disconnect {
+    pub conn: ConnId,
+}
+
+/// A session took its identity (for presence).
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct Identify {
+    pub conn: ConnId,
+    pub user: UserId,
+}
+
+/// A command from a session, already parsed and checked against its identity.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct Request {
+    pub conn: ConnId,
+    pub reference: Option<Ref>,
+    /// The connection's identity, present for every command that needs one.
+    pub user: Option<UserId>,
+    pub command: Command,
+    /// When the session read the command (for the ack latency histogram).
+    pub received: Instant,
+}
+
+/// `GET /rooms`.
+#[derive(Message)]
+#[rtype(result = "Vec<RoomInfo>")]
+pub struct ListRooms;
+
+/// What a REST post is answered with: the event and whether it was a duplicate.
+pub type PostResult = Result<(Event, bool), ProtoError>;
+
+/// `POST /rooms/{room}/messages`.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct Post {
+    pub user: UserId,
+    pub message: SendMessage,
+    pub reply: oneshot::Sender<PostResult>,
+}
+
+/// The users connected to this node, for the presence task.
+#[derive(Message)]
+#[rtype(result = "Vec<UserId>")]
+pub struct LocalPresence;
+
+/// Stop: close every socket with 1001, stop taking commands, and let the
+/// writer drain. Answers with the writer's task, which ends once what was
+/// queued is committed.
+#[derive(Message)]
+#[rtype(result = "Option<tokio::task::JoinHandle<()>>")]
+pub struct Shutdown;
+
+/// Who waits for an append.
+pub enum Origin {
+    Conn {
+        conn: ConnId,
+        reference: Option<Ref>,
+        since: Option<Seq>,
+        received: Instant,
+    },
+    Http(oneshot::Sender<PostResult>),
+}
+
+/// The outcomes of one committed (or failed) batch, in append order, from
+/// the writer.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct Committed {
+    pub jobs: Vec<(Origin, AppendRequest, Result<AppendOutcome, ProtoError>)>,
+}
+
+/// A committed event as the ChatServer orders and fans it out: what it needs
+/// to know of it, and the frame every subscriber gets (serialised once, here
+/// or by the peer that committed it).
+#[derive(Debug, Clone)]
+pub struct LiveEvent {
+    pub room: RoomName,
+    pub seq: Seq,
+    pub kind: EventKind,
+    pub user: UserId,
+    pub frame: ByteString,
+}
+
+impl LiveEvent {
+    pub fn of(event: &Event) -> LiveEvent {
+        LiveEvent {
+            room: event.room.clone(),
+            seq: event.seq,
+            kind: event.kind,
+            user: event.user_id.clone(),
+            frame: event.to_json().into(),
+        }
+    }
+}
+
+/// Events from peers, in the order the bus gave them.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct PeerEvents {
+    pub events: Vec<LiveEvent>,
+}
+
+/// The bus may have lost messages: re-read every room from the store.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct Resync;
+
+/// Users connected to other nodes (replaces the previous set).
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct RemotePresence {
+    pub users: HashSet<UserId>,
+}
