@@ -15,16 +15,17 @@ use anyhow::{bail, Context, Result};
 use clap::{Parser, Subcommand};
 
 /// Declares the settings: field, variable, default ("" for none or a
-/// computed one, explained in the doc line), whether its value is secret.
+/// computed one, then how it is chosen in parentheses), whether its value is
+/// secret (clap then never shows it).
 macro_rules! settings {
-    ($( $(#[doc = $doc:literal])+ $field:ident: $var:literal = $default:literal $(, $secret:ident)?; )*) => {
+    ($( $(#[doc = $doc:literal])+ $field:ident: $var:literal = $default:literal $(($shown:literal))? $(, $secret:ident)?; )*) => {
         /// Every setting as given (flag or environment variable), not yet parsed.
         #[derive(clap::Args, Clone, Default)]
         pub struct Settings {
             $(
                 $(#[doc = $doc])+
-                #[doc = concat!("[default: ", $default, "]")]
                 #[arg(long, env = $var, global = true, value_name = $var,
+                      help = concat!($($doc),+, " [default: ", $default, $($shown,)? "]"),
                       hide_default_value = true $(, hide_env_values = settings!(@secret $secret))?)]
                 pub $field: Option<String>,
             )*
@@ -62,21 +63,20 @@ settings! {
     /// Port for WebSocket (/ws) and HTTP (/health, /metrics, /rooms, /).
     port: "PORT" = "8080";
     /// The node's name in hello, in events, in metrics and in Redis presence
-    /// keys. Default: "node-" and 6 random hex digits, new at each start.
-    node_id: "NODE_ID" = "";
+    /// keys; give each node of a cluster its own.
+    node_id: "NODE_ID" = "" ("node- and 6 random hex digits, new at each start");
     /// SQLite file of the embedded store (used when DATABASE_URL is unset).
     sqlite_path: "SQLITE_PATH" = "confab.db";
-    /// postgres:// URL: when set, PostgreSQL is the store. Default: unset.
-    database_url: "DATABASE_URL" = "", secret;
+    /// postgres:// URL: when set, PostgreSQL is the store.
+    database_url: "DATABASE_URL" = "" ("unset"), secret;
     /// PostgreSQL connections per node.
     pg_pool_size: "PG_POOL_SIZE" = "16";
     /// redis:// URL: when set, events and presence are shared with peers.
-    /// Default: unset (one node).
-    redis_url: "REDIS_URL" = "", secret;
+    redis_url: "REDIS_URL" = "" ("unset: the node runs alone"), secret;
     /// Redis channel for events; also the prefix of the presence keys.
     redis_channel: "REDIS_CHANNEL" = "chat:events";
-    /// Actix worker threads serving sockets. Default: the number of CPUs.
-    workers: "WORKERS" = "";
+    /// Actix worker threads serving sockets.
+    workers: "WORKERS" = "" ("the number of CPUs");
     /// Largest WebSocket frame in bytes (a larger one closes with 1009).
     max_frame_bytes: "MAX_FRAME_BYTES" = "65536";
     /// Longest message, in characters.

@@ -24,7 +24,7 @@ use crate::protocol::{
     UserId,
 };
 
-/// Close code for a slow consumer (PROTOCOL.md, Closing).
+/// Close code for a slow consumer (docs/protocol.md, Closing).
 const CLOSE_SLOW_CONSUMER: u16 = 4000;
 
 /// `GET /ws`: upgrades to a WebSocket served by a [`WsSession`].
@@ -119,7 +119,7 @@ impl WsSession {
         ctx.run_interval(self.node.config.heartbeat_interval, move |act, ctx| {
             if act.last_heard.elapsed() > timeout {
                 log::debug!("closing idle connection {:?}", act.conn);
-                // No close frame: the peer sees 1006, as PROTOCOL.md says.
+                // No close frame: the peer sees 1006, as docs/protocol.md says.
                 ctx.stop();
                 return;
             }
@@ -144,7 +144,7 @@ impl WsSession {
             ctx.text(error_frame(reference.as_ref(), &err, None));
         };
         // The first valid user_id is the connection's, whatever becomes of
-        // the frame that carries it (PROTOCOL.md, Identity).
+        // the frame that carries it (docs/protocol.md, Identity).
         if let (None, Some(user)) = (&self.user, &parsed.user_id) {
             self.user = Some(user.clone());
             if let Some(conn) = self.conn {

@@ -447,9 +447,66 @@ async fn a_subscriber_on_the_channel_sees_every_event_as_json() {
         let v: Value = serde_json::from_slice(msg.get_payload_bytes()).expect("JSON");
         seen.push(v);
     }
-    let kinds: Vec<&str> = seen.iter().map(|v| v["type"].as_str().unwrap()).collect();
+    // Each message is one envelope: a header a watcher can read, and the
+    // event exactly as clients receive it.
+    let events: Vec<&Value> = seen.iter().map(|v| &v["event"]).collect();
+    let kinds: Vec<&str> = events.iter().map(|v| v["type"].as_str().unwrap()).collect();
     assert_eq!(kinds, ["create", "message", "leave"]);
-    assert_eq!(seen[1]["message"], "hello redis");
-    assert_eq!(seen[1]["node"], "node-0");
-    assert_eq!(seen.iter().map(seq).collect::<Vec<_>>(), [1, 2, 3]);
+    assert_eq!(events[1]["message"], "hello redis");
+    assert_eq!(events[1]["node"], "node-0");
+    assert_eq!(events.iter().map(|v| seq(v)).collect::<Vec<_>>(), [1, 2, 3]);
+    for (v, kind) in seen.iter().zip(kinds) {
+        assert_eq!(v["kind"], kind);
+        assert_eq!(v["room"], "watched");
+        assert_eq!(v["seq"], v["event"]["seq"]);
+        assert_eq!(v["node"], "node-0");
+        assert_eq!(v["user"], "a");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_forged_envelope_with_an_invalid_room_is_dropped_and_logged() {
+    let cluster = Cluster::start(1).await;
+    let mut a = cluster.client(0).await;
+    a.ok(json!({"user_id":"a","type":"create","room":"real"}))
+        .await;
+    let client = redis::Client::open(cluster.redis_url.as_str()).unwrap();
+    let mut conn = client.get_multiplexed_async_connection().await.unwrap();
+    let forged = json!({
+        "v": 1, "node": "forger", "room": "bad room", "seq": 2, "kind": "message", "user": "x",
+        "event": {"type":"message","room":"real","seq":2,"id":1,"user_id":"x",
+                  "message":"forged","node":"forger","at":"2026-01-01T00:00:00.000000Z"}
+    });
+    let _: i64 = redis::cmd("PUBLISH")
+        .arg(&cluster.channel)
+        .arg(forged.to_string())
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    let node = cluster.node(0);
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    loop {
+        let logged = node
+            .log_lines()
+            .iter()
+            .any(|l| l.contains("not a valid envelope") && l.contains("invalid room"));
+        if logged {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the forged envelope was not logged:\n{}",
+            node.log_lines().join("\n")
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(
+        a.try_recv(Duration::from_millis(300)).await.is_none(),
+        "a dropped envelope delivers nothing"
+    );
+    // The node goes on as before: the next message is seq 2.
+    let ack = a
+        .ok(json!({"type":"message","room":"real","message":"real one"}))
+        .await;
+    assert_eq!(ack["seq"], 2);
 }

@@ -1,5 +1,5 @@
 //! Ordering under concurrency, resume while busy, restarts, crashes, and the
-//! fold of the log: DESIGN.md's invariants 1-4 and 6 on one node, both stores.
+//! fold of the log: the invariants 1-4 and 6 of docs/architecture.md on one node, both stores.
 
 mod common;
 

@@ -1,4 +1,4 @@
-//! Every command and error code of PROTOCOL.md over real sockets, on both stores.
+//! Every command and error code of docs/protocol.md over real sockets, on both stores.
 
 mod common;
 

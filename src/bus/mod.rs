@@ -106,7 +106,7 @@ pub enum Bus {
 impl Bus {
     /// Connects the configured bus. With Redis, the subscription is in place
     /// when this returns, so that a node that reads its state afterwards
-    /// misses nothing (DESIGN.md invariant 6).
+    /// misses nothing (invariant 6 in docs/architecture.md).
     pub async fn connect(config: &Config, metrics: Arc<Metrics>) -> anyhow::Result<Bus> {
         Ok(match &config.redis_url {
             None => Bus::Local,

@@ -5,7 +5,7 @@
 //! message per subscriber and room, holding frames shared by every recipient
 //! (serialised once). [`offer`] is the only way a frame enters a session's
 //! mailbox: it counts what is queued and refuses past the connection's bound,
-//! and the ChatServer evicts the connection then (DESIGN.md invariant 7).
+//! and the ChatServer evicts the connection then (invariant 7 in docs/architecture.md).
 
 use std::collections::HashMap;
 use std::sync::atomic::Ordering;

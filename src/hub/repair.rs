@@ -1,6 +1,6 @@
 //! Gap repair and resync: when a room's seq jumps (a peer's publish was lost
 //! or arrived out of order), or the bus reconnects, the ChatServer reads what
-//! it missed from the store, the source of truth (DESIGN.md invariant 3). The
+//! it missed from the store, the source of truth (invariant 3 in docs/architecture.md). The
 //! decisions (which range, whether still behind) are the sequencer's.
 
 use std::collections::{HashMap, HashSet};

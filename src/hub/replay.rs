@@ -1,6 +1,6 @@
 //! Replays: a `join` with `since` gets what it missed from the store, then
 //! the live events that came meanwhile, then its ack, with no gap and no
-//! duplicate (DESIGN.md invariant 4). [`Replays`] holds the state (plain
+//! duplicate (invariant 4 in docs/architecture.md). [`Replays`] holds the state (plain
 //! data, unit-tested); the `impl ChatServer` below runs the reads.
 
 use std::collections::HashMap;

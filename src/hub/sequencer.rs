@@ -1,5 +1,5 @@
 //! The per-room sequencer: puts each room's committed events in `seq` order
-//! before anything is delivered (DESIGN.md invariant 3, in docs/architecture.md).
+//! before anything is delivered (invariant 3 in docs/architecture.md).
 //!
 //! An event comes in (ours from the writer, a peer's from the bus, or one read
 //! back by a gap repair); out comes whether to deliver it now, whether it was

@@ -239,7 +239,7 @@ impl Command {
 
 /// One text frame, parsed as far as it goes. The `ref` and the `user_id` are
 /// read before the rest so that an error can echo the ref and a failing
-/// command can still set the connection's identity (PROTOCOL.md, Identity).
+/// command can still set the connection's identity (docs/protocol.md, Identity).
 #[derive(Debug)]
 pub struct Parsed {
     pub reference: Option<Ref>,
