@@ -1,5 +1,6 @@
 -- Confab's event log and the state folded from it (PostgreSQL).
--- Applied once, in file order, by the node at start-up (see src/store/postgres.rs).
+-- Applied once, in order, by the node at start-up or by `confab migrate`
+-- (refinery; the list is in src/store/migrations.rs).
 
 -- Facts about this store. `epoch` changes only when the store is a new one, so
 -- a client can tell that its `since` no longer applies.

@@ -325,3 +325,48 @@ async fn sigterm_closes_sockets_with_1001(b: Backend) {
     assert!(node.terminate().success(), "a clean exit after SIGTERM");
     assert_eq!(watcher.await.unwrap(), Some(1001));
 }
+
+/// A PostgreSQL database whose migrations the pre-refinery runner recorded
+/// in `schema_migrations` is adopted: the node starts, keeps the epoch and
+/// the rows, and runs nothing twice.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_database_migrated_by_the_earlier_runner_is_adopted() {
+    let store = common::StoreEnv::new(Backend::Postgres).await;
+    let url = store.vars[0].1.clone();
+    let (db, conn) = tokio_postgres::connect(&url, tokio_postgres::NoTls)
+        .await
+        .expect("connect");
+    tokio::spawn(conn);
+    db.batch_execute(include_str!("../sql/0001_init.sql"))
+        .await
+        .unwrap();
+    db.batch_execute(
+        "CREATE TABLE schema_migrations (version bigint PRIMARY KEY, name text NOT NULL,
+                                         applied_at timestamptz NOT NULL DEFAULT now());
+         INSERT INTO schema_migrations (version, name) VALUES (1, '0001_init');
+         INSERT INTO rooms (name, created_by, created_at, last_seq) VALUES ('old', 'u', now(), 0);",
+    )
+    .await
+    .unwrap();
+    let epoch: String = db
+        .query_one("SELECT value FROM meta WHERE key = 'epoch'", &[])
+        .await
+        .unwrap()
+        .get(0);
+    let node = TestNode::spawn(store, Vec::new()).await;
+    let c = node.client().await;
+    assert_eq!(
+        c.hello["epoch"],
+        epoch.as_str(),
+        "the same store, not a new one"
+    );
+    let (status, body) = node.http("GET", "/rooms", None).await;
+    assert_eq!(status, 200);
+    assert!(body.contains("\"old\""), "{body}");
+    let recorded: i64 = db
+        .query_one("SELECT count(*) FROM refinery_schema_history", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(recorded, 1);
+}

@@ -8,6 +8,7 @@
 //! order, and the store writes the result in the same transaction. Only the
 //! event writer calls [`EventStore::append`].
 
+mod migrations;
 pub mod postgres;
 pub mod sqlite;
 

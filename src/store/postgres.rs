@@ -16,16 +16,13 @@ use chrono::{DateTime, Utc};
 use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod, Runtime};
 use tokio_postgres::{NoTls, Row};
 
+use super::migrations::{self, Dialect};
 use super::{
     plan, AppendOp, AppendOutcome, AppendRequest, EventStore, Keys, Loaded, Page, PageQuery,
     Refusal, Snapshot, StoreError,
 };
 use crate::config::redact_url;
 use crate::protocol::{now_micros, Event, EventKind, HistoryRange, RoomName, UserId};
-
-/// Migrations in order: (version, name, SQL). Each file of `sql/` is listed here.
-const MIGRATIONS: &[(i64, &str, &str)] =
-    &[(1, "0001_init", include_str!("../../sql/0001_init.sql"))];
 
 /// Key of the advisory lock that serialises migrations between nodes starting together.
 const MIGRATION_LOCK: i64 = 0x636f_6e66_6162;
@@ -77,44 +74,43 @@ impl PgStore {
     }
 }
 
+/// Applies the migrations (see `store::migrations`) under an advisory lock,
+/// so that nodes starting together migrate one after the other, adopting a
+/// database whose migrations the pre-refinery runner recorded.
 async fn migrate(client: &mut deadpool_postgres::Client) -> anyhow::Result<()> {
     client
-        .batch_execute(
-            "CREATE TABLE IF NOT EXISTS schema_migrations (
-                 version bigint PRIMARY KEY, name text NOT NULL,
-                 applied_at timestamptz NOT NULL DEFAULT now())",
-        )
-        .await
-        .or_else(|e| {
-            // Two nodes creating the table at once: one of them loses the race.
-            if e.code() == Some(&tokio_postgres::error::SqlState::UNIQUE_VIOLATION) {
-                Ok(())
-            } else {
-                Err(e)
-            }
-        })?;
-    let tx = client.transaction().await?;
-    tx.execute("SELECT pg_advisory_xact_lock($1)", &[&MIGRATION_LOCK])
+        .execute("SELECT pg_advisory_lock($1)", &[&MIGRATION_LOCK])
         .await?;
-    let applied: HashSet<i64> = tx
-        .query("SELECT version FROM schema_migrations", &[])
-        .await?
-        .iter()
-        .map(|r| r.get(0))
-        .collect();
-    for (version, name, sql) in MIGRATIONS {
-        if !applied.contains(version) {
-            log::info!("applying postgres migration {name}");
-            tx.batch_execute(sql).await?;
-            tx.execute(
-                "INSERT INTO schema_migrations (version, name) VALUES ($1, $2)",
-                &[version, name],
+    let result = async {
+        let row = client
+            .query_one(
+                "SELECT to_regclass('schema_migrations') IS NOT NULL,
+                        to_regclass('refinery_schema_history') IS NOT NULL",
+                &[],
             )
             .await?;
+        let (legacy, recorded): (bool, bool) = (row.get(0), row.get(1));
+        let pg: &mut tokio_postgres::Client = &mut *client;
+        if legacy && !recorded {
+            let last: i64 = pg
+                .query_one("SELECT max(version) FROM schema_migrations", &[])
+                .await?
+                .get(0);
+            migrations::runner(Dialect::Postgres, Some(last))?
+                .run_async(pg)
+                .await?;
         }
+        let report = migrations::runner(Dialect::Postgres, None)?
+            .run_async(pg)
+            .await?;
+        migrations::log_report(Dialect::Postgres, &report);
+        anyhow::Ok(())
     }
-    tx.commit().await?;
-    Ok(())
+    .await;
+    client
+        .execute("SELECT pg_advisory_unlock($1)", &[&MIGRATION_LOCK])
+        .await?;
+    result
 }
 
 fn event_from_row(row: &Row) -> Result<Event, StoreError> {

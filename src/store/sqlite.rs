@@ -15,18 +15,12 @@ use async_trait::async_trait;
 use chrono::{DateTime, SecondsFormat, Utc};
 use rusqlite::{params, Connection, OptionalExtension, Row, TransactionBehavior};
 
+use super::migrations::{self, Dialect};
 use super::{
     plan, AppendOutcome, AppendRequest, EventStore, Keys, Loaded, Page, PageQuery, Refusal,
     Snapshot, StoreError,
 };
 use crate::protocol::{now_micros, Event, EventKind, HistoryRange, RoomName, UserId};
-
-/// Migrations in order: (version, name, SQL).
-const MIGRATIONS: &[(i64, &str, &str)] = &[(
-    1,
-    "0001_init",
-    include_str!("../../sql/sqlite/0001_init.sql"),
-)];
 
 const EVENT_COLUMNS: &str = "id, room, seq, type, user_id, message, client_msg_id, node, at";
 
@@ -108,28 +102,24 @@ fn checkpoint_loop(conn: &Connection, stop: &mpsc::Receiver<()>) {
     }
 }
 
-fn migrate(conn: &mut Connection) -> anyhow::Result<()> {
-    conn.execute_batch(
-        "CREATE TABLE IF NOT EXISTS schema_migrations (
-             version INTEGER PRIMARY KEY, name TEXT NOT NULL, applied_at TEXT NOT NULL)",
-    )?;
-    for (version, name, sql) in MIGRATIONS {
-        let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
-        let applied: bool = tx.query_row(
-            "SELECT EXISTS (SELECT 1 FROM schema_migrations WHERE version = ?1)",
-            [version],
+/// Applies the migrations (see `store::migrations`), adopting a database
+/// whose migrations the pre-refinery runner recorded.
+pub(super) fn migrate(conn: &mut Connection) -> anyhow::Result<()> {
+    let table = |conn: &Connection, name: &str| -> rusqlite::Result<bool> {
+        conn.query_row(
+            "SELECT EXISTS (SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = ?1)",
+            [name],
             |r| r.get(0),
-        )?;
-        if !applied {
-            log::info!("applying sqlite migration {name}");
-            tx.execute_batch(sql)?;
-            tx.execute(
-                "INSERT INTO schema_migrations (version, name, applied_at) VALUES (?1, ?2, ?3)",
-                params![version, name, fmt_at(&Utc::now())],
-            )?;
-        }
-        tx.commit()?;
+        )
+    };
+    if table(conn, "schema_migrations")? && !table(conn, "refinery_schema_history")? {
+        let last: i64 = conn.query_row("SELECT max(version) FROM schema_migrations", [], |r| {
+            r.get(0)
+        })?;
+        migrations::runner(Dialect::Sqlite, Some(last))?.run(conn)?;
     }
+    let report = migrations::runner(Dialect::Sqlite, None)?.run(conn)?;
+    migrations::log_report(Dialect::Sqlite, &report);
     Ok(())
 }
 

@@ -8,6 +8,44 @@ use serde_json::Value;
 
 use crate::{ErrorCode, ProtoError, MAX_ID_CHARS};
 
+/// What every validated name shares: `as_str`, `Display`, and serde through
+/// `String` with the name's own `parse` (so a name read from JSON is checked too).
+macro_rules! validated_name {
+    ($name:ident) => {
+        impl $name {
+            /// A name read back from our own store, where it was validated on
+            /// the way in. Never for what arrives from outside the process
+            /// (the bus included).
+            pub fn trusted(s: String) -> $name {
+                $name(s)
+            }
+
+            pub fn as_str(&self) -> &str {
+                &self.0
+            }
+        }
+
+        impl TryFrom<String> for $name {
+            type Error = ProtoError;
+            fn try_from(s: String) -> Result<$name, ProtoError> {
+                $name::parse(&s)
+            }
+        }
+
+        impl From<$name> for String {
+            fn from(n: $name) -> String {
+                n.0
+            }
+        }
+
+        impl fmt::Display for $name {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str(&self.0)
+            }
+        }
+    };
+}
+
 /// Per-room sequence number: 1, 2, 3, … with no gap.
 pub type Seq = i64;
 
@@ -32,36 +70,9 @@ impl RoomName {
             ))
         }
     }
-
-    /// A name read back from our own store, where it was validated on the way
-    /// in. Never for what arrives from outside the process (the bus included).
-    pub fn trusted(s: String) -> RoomName {
-        RoomName(s)
-    }
-
-    pub fn as_str(&self) -> &str {
-        &self.0
-    }
 }
 
-impl TryFrom<String> for RoomName {
-    type Error = ProtoError;
-    fn try_from(s: String) -> Result<RoomName, ProtoError> {
-        RoomName::parse(&s)
-    }
-}
-
-impl From<RoomName> for String {
-    fn from(r: RoomName) -> String {
-        r.0
-    }
-}
-
-impl fmt::Display for RoomName {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.0)
-    }
-}
+validated_name!(RoomName);
 
 /// A user id: 1–64 characters without control characters. A JSON integer is
 /// read as its decimal string.
@@ -91,36 +102,9 @@ impl UserId {
             )),
         }
     }
-
-    /// An id read back from our own store. Never for what arrives from
-    /// outside the process (the bus included).
-    pub fn trusted(s: String) -> UserId {
-        UserId(s)
-    }
-
-    pub fn as_str(&self) -> &str {
-        &self.0
-    }
 }
 
-impl TryFrom<String> for UserId {
-    type Error = ProtoError;
-    fn try_from(s: String) -> Result<UserId, ProtoError> {
-        UserId::parse(&s)
-    }
-}
-
-impl From<UserId> for String {
-    fn from(u: UserId) -> String {
-        u.0
-    }
-}
-
-impl fmt::Display for UserId {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.0)
-    }
-}
+validated_name!(UserId);
 
 /// The `ref` a client puts on a command, echoed on its reply.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
