@@ -12,6 +12,12 @@
 //! its room's last `seq` as the server reports it (`rooms`). The figure of the workload is
 //! the recovery time: from the kill until the last dropped client's resuming `join` is
 //! acked, which is when it holds every event up to then and is live again.
+//!
+//! This file owns the options and the storm's course (setup, kill, settle, the tally);
+//! `resume/client.rs` is one client and `resume/report.rs` the report.
+
+mod client;
+mod report;
 
 use std::collections::HashMap;
 use std::path::PathBuf;
@@ -23,21 +29,19 @@ use anyhow::{anyhow, bail, Context, Result};
 use clap::Args;
 use futures_util::{SinkExt, StreamExt};
 use hdrhistogram::Histogram;
-use log::{debug, info};
-use serde::Serialize;
-use serde_json::{json, Value};
+use log::info;
+use serde_json::Value;
 use tokio::sync::{watch, Semaphore};
-use tokio::time::{sleep, timeout, Instant, MissedTickBehavior};
-use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
+use tokio::time::{sleep, timeout, Instant};
 use tokio_tungstenite::tungstenite::Message;
 
-use super::{
-    check_loopback_url, connect_failure_reason, lock, run_id, write_json, ClientSocket,
-    CONNECT_TIMEOUT,
-};
+use crate::util::{lock, run_id, write_json};
+use crate::ws::{check_loopback_url, connect};
+use client::Client;
+use report::{print, ResumeReport};
 
 #[derive(Args, Debug, Clone)]
-pub struct ResumeArgs {
+pub(crate) struct ResumeArgs {
     /// WebSocket URL every client connects and reconnects through (nginx), e.g. ws://127.0.0.1:8000/ws.
     #[arg(long, value_name = "URL")]
     url: String,
@@ -109,41 +113,7 @@ struct Shared {
     positions: Vec<AtomicU64>,
 }
 
-#[derive(Serialize, Default)]
-struct ResumeReport {
-    run_id: String,
-    url: String,
-    clients: usize,
-    rooms: usize,
-    rate: f64,
-    connected: usize,
-    joined: usize,
-    setup_s: f64,
-    setup_failed: usize,
-    killed_pid: u32,
-    dropped_by_kill: usize,
-    resumed: usize,
-    not_recovered: usize,
-    reconnect_attempts: u64,
-    replayed_events: u64,
-    recovery_p50_ms: f64,
-    recovery_p99_ms: f64,
-    /// From the kill until the last dropped client's resuming join was acked.
-    all_recovered_s: Option<f64>,
-    sent: u64,
-    acked: u64,
-    refused: u64,
-    deliveries: u64,
-    /// Events some client never got: gaps plus what it lacked at the end.
-    lost: u64,
-    duplicated: u64,
-    /// Acked messages whose seq is past the room's last seq: acked but not stored.
-    acked_not_stored: u64,
-    clients_behind_at_end: usize,
-    failure: Option<String>,
-}
-
-pub async fn main(args: ResumeArgs) -> i32 {
+pub(crate) async fn main(args: ResumeArgs) -> i32 {
     let report = match run(&args).await {
         Ok(report) => report,
         Err(e) => ResumeReport {
@@ -162,13 +132,7 @@ pub async fn main(args: ResumeArgs) -> i32 {
         eprintln!("confab-bench resume: {failure}");
         return 2;
     }
-    let clean = report.lost == 0
-        && report.duplicated == 0
-        && report.acked_not_stored == 0
-        && report.not_recovered == 0
-        && report.clients_behind_at_end == 0
-        && report.resumed == report.dropped_by_kill;
-    if args.check && !clean {
+    if args.check && !report.clean() {
         return 1;
     }
     0
@@ -205,18 +169,7 @@ async fn run(args: &ResumeArgs) -> Result<ResumeReport> {
     let period = Duration::from_secs_f64(args.rooms as f64 / args.rate.max(1e-3));
     let mut tasks = Vec::with_capacity(args.clients);
     let spawn = |i: usize, tasks: &mut Vec<_>| {
-        let client = Client {
-            index: i,
-            room_index: i % args.rooms,
-            room: format!("resume-{run_id}-{}", i % args.rooms),
-            user: format!("r{i}"),
-            sender: i < args.rooms,
-            period,
-            url: args.url.clone(),
-            shared: shared.clone(),
-            last_seq: None,
-            next_ref: 0,
-        };
+        let client = Client::new(i, args, &run_id, period, shared.clone());
         tasks.push(tokio::spawn(client.run(gate.clone())));
     };
     for i in 0..args.rooms {
@@ -369,260 +322,5 @@ async fn rooms_last_seq(url: &str, run_id: &str) -> Result<HashMap<usize, u64>> 
         }
         let _ = ws.close(None).await;
         return Ok(last);
-    }
-}
-
-async fn connect(url: &str) -> Result<ClientSocket> {
-    let config = WebSocketConfig::default()
-        .read_buffer_size(4096)
-        .write_buffer_size(0);
-    let attempt = tokio_tungstenite::connect_async_with_config(url, Some(config), true);
-    match timeout(CONNECT_TIMEOUT, attempt).await {
-        Ok(Ok((ws, _))) => Ok(ws),
-        Ok(Err(e)) => Err(anyhow!(connect_failure_reason(&e))),
-        Err(_) => Err(anyhow!("connect timed out")),
-    }
-}
-
-struct Client {
-    index: usize,
-    room_index: usize,
-    room: String,
-    user: String,
-    sender: bool,
-    period: Duration,
-    url: String,
-    shared: Arc<Shared>,
-    /// Last seq this client was given, across reconnects.
-    last_seq: Option<u64>,
-    next_ref: u64,
-}
-
-/// How one connection of a client ended.
-enum Ending {
-    /// The bench is done.
-    Done,
-    /// The socket dropped: reconnect.
-    Dropped,
-}
-
-impl Client {
-    async fn run(mut self, gate: Arc<Semaphore>) {
-        // Setup: connect and join under the concurrency gate.
-        let ws = {
-            let _permit = gate.acquire().await;
-            match self.open(false).await {
-                Ok(ws) => Some(ws),
-                Err(e) => {
-                    debug!("client {}: setup failed: {e:#}", self.index);
-                    None
-                }
-            }
-        };
-        let Some(mut ws) = ws else {
-            self.shared.tally.setup_failed.fetch_add(1, Relaxed);
-            return;
-        };
-        self.shared.tally.joined.fetch_add(1, Relaxed);
-        loop {
-            match self.live(&mut ws).await {
-                Ending::Done => {
-                    let _ = ws.close(None).await;
-                    return;
-                }
-                Ending::Dropped => {}
-            }
-            let killed = *lock(&self.shared.killed_at);
-            if killed.is_some() {
-                self.shared.tally.dropped.fetch_add(1, Relaxed);
-            }
-            // Reconnect at once, then back off while nothing answers.
-            let mut backoff = Duration::from_millis(10);
-            ws = loop {
-                if *self.shared.phase.borrow() == PHASE_DONE {
-                    return;
-                }
-                self.shared.tally.reconnect_attempts.fetch_add(1, Relaxed);
-                match self.open(true).await {
-                    Ok(ws) => break ws,
-                    Err(e) => {
-                        debug!("client {}: reconnect failed: {e:#}", self.index);
-                        sleep(backoff).await;
-                        backoff = (backoff * 2).min(Duration::from_millis(500));
-                    }
-                }
-            };
-            if let Some(killed) = killed {
-                let us = killed.elapsed().as_micros() as u64;
-                lock(&self.shared.recovery_us).saturating_record(us.max(1));
-            }
-        }
-    }
-
-    fn set_last_seq(&mut self, seq: u64) {
-        self.last_seq = Some(seq);
-        self.shared.positions[self.index].store(seq, Relaxed);
-    }
-
-    /// Connects, reads the hello, and creates or joins the room (with `since` when resuming);
-    /// returns once the join is acked, with the replayed events counted.
-    async fn open(&mut self, resume: bool) -> Result<ClientSocket> {
-        let mut ws = connect(&self.url).await?;
-        let command = match (resume, self.last_seq) {
-            (true, Some(since)) => {
-                json!({"type":"join","room":self.room,"user_id":self.user,"since":since,"ref":"join"})
-            }
-            _ if self.sender && !resume => {
-                json!({"type":"create","room":self.room,"user_id":self.user,"ref":"join"})
-            }
-            _ => json!({"type":"join","room":self.room,"user_id":self.user,"ref":"join"}),
-        };
-        ws.send(Message::text(command.to_string())).await?;
-        loop {
-            let frame = timeout(Duration::from_secs(30), ws.next())
-                .await
-                .map_err(|_| anyhow!("no join reply within 30 s"))?;
-            let text = match frame {
-                Some(Ok(Message::Text(text))) => text,
-                Some(Ok(_)) => continue,
-                Some(Err(e)) => bail!("{e}"),
-                None => bail!("closed during join"),
-            };
-            let v: Value = serde_json::from_str(&text)?;
-            match (v["type"].as_str(), v["ref"].as_str()) {
-                (Some("ack"), Some("join")) => {
-                    let seq = v["seq"]
-                        .as_u64()
-                        .ok_or_else(|| anyhow!("join ack without seq"))?;
-                    if resume {
-                        if v["recovered"] == json!(true) {
-                            self.shared.tally.resumed.fetch_add(1, Relaxed);
-                        } else {
-                            self.shared.tally.not_recovered.fetch_add(1, Relaxed);
-                        }
-                    }
-                    match self.last_seq {
-                        Some(last) if seq > last => {
-                            // Skipped (recovered: false): those events are lost to this client.
-                            self.shared.tally.gaps.fetch_add(seq - last, Relaxed);
-                            self.set_last_seq(seq);
-                        }
-                        Some(_) => {}
-                        None => self.set_last_seq(seq),
-                    }
-                    return Ok(ws);
-                }
-                (Some("error"), Some("join")) => {
-                    bail!("join refused: {}", v["code"]);
-                }
-                (Some("create" | "join" | "leave" | "message"), _) if self.last_seq.is_some() => {
-                    self.shared.tally.replayed.fetch_add(1, Relaxed);
-                    self.on_event(&v);
-                }
-                _ => {}
-            }
-        }
-    }
-
-    /// Reads events (and sends, for a sender) until the socket drops or the bench ends.
-    async fn live(&mut self, ws: &mut ClientSocket) -> Ending {
-        let mut phase = self.shared.phase.clone();
-        let mut ticker = tokio::time::interval(self.period);
-        ticker.set_missed_tick_behavior(MissedTickBehavior::Delay);
-        loop {
-            let sending = self.sender && *phase.borrow() == PHASE_SEND;
-            tokio::select! {
-                frame = ws.next() => match frame {
-                    Some(Ok(Message::Text(text))) => {
-                        let Ok(v) = serde_json::from_str::<Value>(&text) else { continue };
-                        self.on_frame(&v);
-                    }
-                    Some(Ok(_)) => {}
-                    Some(Err(_)) | None => return Ending::Dropped,
-                },
-                changed = phase.changed() => {
-                    if changed.is_err() || *phase.borrow() == PHASE_DONE {
-                        return Ending::Done;
-                    }
-                }
-                _ = ticker.tick(), if sending => {
-                    self.next_ref += 1;
-                    let frame = json!({
-                        "type":"message","room":self.room,"user_id":self.user,
-                        "message":format!("{}:{}", self.index, self.next_ref),"ref":self.next_ref,
-                    });
-                    if ws.send(Message::text(frame.to_string())).await.is_err() {
-                        return Ending::Dropped;
-                    }
-                    self.shared.tally.sent.fetch_add(1, Relaxed);
-                }
-            }
-        }
-    }
-
-    fn on_frame(&mut self, v: &Value) {
-        match v["type"].as_str() {
-            Some("create" | "join" | "leave" | "message") => {
-                self.shared.tally.deliveries.fetch_add(1, Relaxed);
-                self.on_event(v);
-            }
-            Some("ack") if v["command"] == "message" => {
-                self.shared.tally.acked.fetch_add(1, Relaxed);
-                if let Some(seq) = v["seq"].as_u64() {
-                    let mut acked = lock(&self.shared.acked_seq);
-                    let top = acked.entry(self.room_index).or_default();
-                    *top = (*top).max(seq);
-                }
-            }
-            Some("error") => {
-                self.shared.tally.refused.fetch_add(1, Relaxed);
-            }
-            _ => {}
-        }
-    }
-
-    fn on_event(&mut self, v: &Value) {
-        let (Some(seq), Some(last)) = (v["seq"].as_u64(), self.last_seq) else {
-            return;
-        };
-        let tally = &self.shared.tally;
-        if seq <= last {
-            tally.duplicated.fetch_add(1, Relaxed);
-            return;
-        }
-        if seq > last + 1 {
-            tally.gaps.fetch_add(seq - last - 1, Relaxed);
-        }
-        self.set_last_seq(seq);
-    }
-}
-
-fn print(r: &ResumeReport) {
-    println!("resume storm {} via {}", r.run_id, r.url);
-    println!(
-        "  clients {} in {} rooms, {} joined in {:.2} s ({} failed), {:.0} msg/s",
-        r.clients, r.rooms, r.joined, r.setup_s, r.setup_failed, r.rate
-    );
-    println!(
-        "  killed pid {}: {} clients dropped, {} resumed (recovered), {} not recovered, {} reconnect attempts, {} events replayed",
-        r.killed_pid, r.dropped_by_kill, r.resumed, r.not_recovered, r.reconnect_attempts, r.replayed_events
-    );
-    match r.all_recovered_s {
-        Some(s) => println!(
-            "  recovery: p50 {:.1} ms, p99 {:.1} ms, all recovered {:.3} s after the kill",
-            r.recovery_p50_ms, r.recovery_p99_ms, s
-        ),
-        None => println!("  recovery: no client was dropped"),
-    }
-    println!(
-        "  sent {}, acked {}, refused {}, deliveries {}",
-        r.sent, r.acked, r.refused, r.deliveries
-    );
-    println!(
-        "  lost {}, duplicated {}, acked but not stored {}, clients behind at the end {}",
-        r.lost, r.duplicated, r.acked_not_stored, r.clients_behind_at_end
-    );
-    if let Some(f) = &r.failure {
-        println!("  FAILED: {f}");
     }
 }
