@@ -290,6 +290,19 @@ pub fn parse_command(text: &str, limits: CommandLimits) -> Parsed {
     }
 }
 
+/// Refuses a text field that holds U+0000. PostgreSQL's `text` cannot store
+/// it: one such string used to fail its whole write batch, so every text field
+/// is checked here, where every command (and the REST API) reads it.
+fn without_nul<'s>(name: &str, s: &'s str) -> Result<&'s str, ProtoError> {
+    if s.contains('\0') {
+        Err(ProtoError::invalid_field(format!(
+            "{name} must not contain the NUL character (U+0000)"
+        )))
+    } else {
+        Ok(s)
+    }
+}
+
 fn truncate(s: &str, max: usize) -> &str {
     match s.char_indices().nth(max) {
         Some((i, _)) => &s[..i],
@@ -342,9 +355,11 @@ impl<'a> Fields<'a> {
         }
     }
 
+    /// A string field that must be present. Like every text field, it may
+    /// not hold U+0000 (PostgreSQL's `text` cannot store it).
     pub fn required_str(&self, name: &str) -> Result<&'a str, ProtoError> {
         match self.0.get(name) {
-            Some(Value::String(s)) => Ok(s),
+            Some(Value::String(s)) => without_nul(name, s),
             Some(_) => Err(ProtoError::invalid_field(format!(
                 "{name} must be a string"
             ))),
@@ -352,18 +367,25 @@ impl<'a> Fields<'a> {
         }
     }
 
+    /// A string field that may be absent or null; never U+0000.
     pub fn optional_str(&self, name: &str) -> Result<Option<&'a str>, ProtoError> {
         match self.0.get(name) {
             None | Some(Value::Null) => Ok(None),
-            Some(Value::String(s)) => Ok(Some(s)),
+            Some(Value::String(s)) => without_nul(name, s).map(Some),
             Some(_) => Err(ProtoError::invalid_field(format!(
                 "{name} must be a string"
             ))),
         }
     }
 
+    /// `room`: a string that follows the naming rule (which already keeps
+    /// out U+0000 and every other control character: `invalid_room`).
     pub fn room(&self) -> Result<RoomName, ProtoError> {
-        RoomName::parse(self.required_str("room")?)
+        match self.0.get("room") {
+            Some(Value::String(s)) => RoomName::parse(s),
+            Some(_) => Err(ProtoError::invalid_field("room must be a string")),
+            None => Err(ProtoError::invalid_field("room is required")),
+        }
     }
 
     /// An optional integer >= 0.
@@ -518,6 +540,50 @@ mod tests {
             code(r#"{"type":"message","room":"g","message":"x","client_msg_id":""}"#),
             ErrorCode::InvalidField
         );
+    }
+
+    #[test]
+    fn nul_is_refused_in_every_text_field_and_named() {
+        for (frame, field) in [
+            (r#"{"type":"message","room":"g","message":"a\u0000b"}"#, "message"),
+            (r#"{"type":"message","room":"g","message":"\u0000"}"#, "message"),
+            (
+                r#"{"type":"message","room":"g","message":"x","client_msg_id":"c\u0000"}"#,
+                "client_msg_id",
+            ),
+        ] {
+            let e = parse(frame).command.unwrap_err();
+            assert_eq!(e.code, ErrorCode::InvalidField, "{frame}");
+            assert_eq!(
+                e.message,
+                format!("{field} must not contain the NUL character (U+0000)"),
+                "{frame}"
+            );
+        }
+        // A room name with NUL breaks the naming rule, like any control character.
+        assert_eq!(code(r#"{"type":"join","room":"g\u0000"}"#), ErrorCode::InvalidRoom);
+        // So does a user_id, and a ref is refused too.
+        assert_eq!(
+            code(r#"{"type":"ping","user_id":"a\u0000"}"#),
+            ErrorCode::InvalidField
+        );
+        let p = parse(r#"{"type":"ping","ref":"r\u0000"}"#);
+        assert_eq!(p.reference, None);
+        assert_eq!(
+            p.command.unwrap_err().message,
+            "ref must not contain the NUL character (U+0000)"
+        );
+        // Other control characters are text like any other in a message.
+        assert!(
+            parse(r#"{"type":"message","room":"g","message":"a\tb\u0007"}"#)
+                .command
+                .is_ok()
+        );
+        // The REST path reads the same fields.
+        let obj = Fields::object_from_query([("message", "a\0b")], [("room", Value::from("g"))]);
+        let e = SendMessage::parse(&Fields::new(&obj), LIMITS).unwrap_err();
+        assert_eq!(e.code, ErrorCode::InvalidField);
+        assert!(e.message.starts_with("message "), "{}", e.message);
     }
 
     #[test]

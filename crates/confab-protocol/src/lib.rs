@@ -18,7 +18,7 @@ pub use command::{
     parse_command, Command, CommandLimits, Create, Fields, History, HistoryRange, Join, Leave,
     Members, Parsed, SendMessage,
 };
-pub use envelope::{Envelope, EnvelopeError, Header};
+pub use envelope::{sign, BusKey, Envelope, EnvelopeError, Header};
 pub use error::{ErrorCode, ProtoError};
 pub use event::{now_micros, Event, EventKind};
 pub use names::{Ref, RoomName, Seq, UserId};

@@ -117,6 +117,9 @@ pub enum Ref {
 impl Ref {
     pub fn from_json(v: &Value) -> Result<Ref, ProtoError> {
         match v {
+            Value::String(s) if s.contains('\0') => Err(ProtoError::invalid_field(
+                "ref must not contain the NUL character (U+0000)",
+            )),
             Value::String(s) if s.chars().count() <= MAX_ID_CHARS => Ok(Ref::Str(s.clone())),
             Value::Number(n) => match n.as_i64() {
                 Some(i) => Ok(Ref::Int(i)),
