@@ -6,6 +6,14 @@
 //! back to the ChatServer as one [`Committed`] message, in commit order, and
 //! the writer waits until the ChatServer has taken it, so no queue between
 //! them grows without bound.
+//!
+//! One request must not fail the others: when a batch fails in a way that may
+//! be one request's fault (a statement the database refused,
+//! [`StoreError::may_be_one_request`]), the writer appends the batch's
+//! requests again one at a time, in order, and each gets its own outcome.
+//! Seqs are assigned inside each append's transaction, so a room's order is
+//! still the commit order. When the store itself failed (unreachable, a pool
+//! timeout), the whole batch gets `unavailable` at once.
 
 use std::sync::Arc;
 use std::time::Instant;
@@ -16,7 +24,7 @@ use tokio::sync::mpsc;
 use crate::messages::{Committed, Origin};
 use crate::metrics::Metrics;
 use crate::protocol::ProtoError;
-use crate::store::{AppendOutcome, AppendRequest, EventStore};
+use crate::store::{AppendOp, AppendOutcome, AppendRequest, EventStore, StoreError};
 
 /// One append and who is waiting for it.
 pub struct AppendJob {
@@ -60,18 +68,7 @@ pub fn spawn(
             let (origins, requests): (Vec<Origin>, Vec<AppendRequest>) =
                 jobs.drain(..).map(|j| (j.origin, j.request)).unzip();
             let started = Instant::now();
-            let outcomes: Vec<Result<AppendOutcome, ProtoError>> =
-                match store.append(&requests, &node).await {
-                    Ok(outcomes) => outcomes.into_iter().map(Ok).collect(),
-                    Err(e) => {
-                        log::error!("append of a batch of {} failed: {e}", requests.len());
-                        metrics.store_errors.inc();
-                        requests
-                            .iter()
-                            .map(|_| Err(ProtoError::unavailable()))
-                            .collect()
-                    }
-                };
+            let outcomes = append_batch(store.as_ref(), &requests, &node, &metrics).await;
             metrics.batches.inc();
             metrics.batched_appends.add(requests.len() as u64);
             let took = started.elapsed();
@@ -91,4 +88,245 @@ pub fn spawn(
         }
     });
     (WriterHandle { tx }, task)
+}
+
+/// Appends one batch and gives each request its outcome, in order.
+async fn append_batch(
+    store: &dyn EventStore,
+    requests: &[AppendRequest],
+    node: &str,
+    metrics: &Metrics,
+) -> Vec<Result<AppendOutcome, ProtoError>> {
+    let e = match store.append(requests, node).await {
+        Ok(outcomes) => return outcomes.into_iter().map(Ok).collect(),
+        Err(e) => e,
+    };
+    metrics.store_errors.inc();
+    if requests.len() == 1 || !e.may_be_one_request() {
+        log::error!("append of a batch of {} failed: {e}", requests.len());
+        return requests
+            .iter()
+            .map(|_| Err(ProtoError::unavailable()))
+            .collect();
+    }
+    log::warn!(
+        "append of a batch of {} failed: {e}; appending its requests one at a time",
+        requests.len()
+    );
+    one_at_a_time(store, requests, node, metrics).await
+}
+
+/// Appends each request in its own transaction, in order. A request that
+/// fails alone gets `unavailable`; once one fails because the store itself
+/// did ([`StoreError::may_be_one_request`] is false), the rest get it too
+/// without being tried.
+async fn one_at_a_time(
+    store: &dyn EventStore,
+    requests: &[AppendRequest],
+    node: &str,
+    metrics: &Metrics,
+) -> Vec<Result<AppendOutcome, ProtoError>> {
+    let mut outcomes = Vec::with_capacity(requests.len());
+    let mut down: Option<StoreError> = None;
+    for req in requests {
+        if down.is_some() {
+            outcomes.push(Err(ProtoError::unavailable()));
+            continue;
+        }
+        match store.append(std::slice::from_ref(req), node).await {
+            Ok(one) => outcomes.push(one.into_iter().next().ok_or_else(ProtoError::unavailable)),
+            Err(e) => {
+                metrics.store_errors.inc();
+                // Room and kind only: a message's text is not for the log.
+                log::error!(
+                    "append of one {} in room {} by {} failed alone: {e}",
+                    op_name(&req.op),
+                    req.room,
+                    req.user
+                );
+                if !e.may_be_one_request() {
+                    down = Some(e);
+                }
+                outcomes.push(Err(ProtoError::unavailable()));
+            }
+        }
+    }
+    if let Some(e) = down {
+        log::error!("the store failed while appending one at a time ({e}); the rest of the batch is unavailable");
+    }
+    outcomes
+}
+
+fn op_name(op: &AppendOp) -> &'static str {
+    match op {
+        AppendOp::Create => "create",
+        AppendOp::Join => "join",
+        AppendOp::Leave => "leave",
+        AppendOp::Message { .. } => "message",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    //! The real stores refuse nothing per request any more (U+0000, the one
+    //! input PostgreSQL refused, is refused when a command is parsed), so
+    //! these tests use a store that fails on demand. `tests/hostile.rs`
+    //! proves the same end to end on PostgreSQL, with a CHECK constraint the
+    //! test adds to its own database.
+
+    use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
+    use std::sync::Mutex;
+
+    use async_trait::async_trait;
+
+    use super::*;
+    use crate::protocol::{ErrorCode, HistoryRange, RoomName, UserId};
+    use crate::store::{Page, Refusal, Snapshot};
+
+    /// Fails a batch holding the text "poison" as a database refuses a
+    /// statement; fails everything as an unreachable store while `down`.
+    /// Every other request "commits" as the next seq of one shared counter.
+    #[derive(Default)]
+    struct FakeStore {
+        down: AtomicBool,
+        /// Go down after this many appends (0: never).
+        down_after: AtomicI64,
+        seq: AtomicI64,
+        calls: Mutex<Vec<usize>>,
+    }
+
+    #[async_trait]
+    impl EventStore for FakeStore {
+        fn name(&self) -> &'static str {
+            "fake"
+        }
+        fn epoch(&self) -> &str {
+            "fake"
+        }
+        async fn append(
+            &self,
+            batch: &[AppendRequest],
+            _node: &str,
+        ) -> Result<Vec<AppendOutcome>, StoreError> {
+            let calls = {
+                let mut calls = self.calls.lock().unwrap();
+                calls.push(batch.len());
+                calls.len() as i64
+            };
+            let after = self.down_after.load(Ordering::SeqCst);
+            if self.down.load(Ordering::SeqCst) || (after > 0 && calls > after) {
+                let timeout =
+                    deadpool_postgres::PoolError::Timeout(deadpool_postgres::TimeoutType::Wait);
+                return Err(StoreError::Pool(timeout));
+            }
+            let poisoned = batch
+                .iter()
+                .any(|r| matches!(&r.op, AppendOp::Message { text, .. } if text == "poison"));
+            if poisoned {
+                return Err(StoreError::Sqlite(rusqlite::Error::SqliteFailure(
+                    rusqlite::ffi::Error::new(rusqlite::ffi::SQLITE_CONSTRAINT),
+                    Some("CHECK constraint failed: no_poison".into()),
+                )));
+            }
+            Ok(batch
+                .iter()
+                .map(|_| AppendOutcome::AlreadyMember {
+                    last_seq: self.seq.fetch_add(1, Ordering::SeqCst) + 1,
+                })
+                .collect())
+        }
+        async fn snapshot(&self) -> Result<Snapshot, StoreError> {
+            Ok(Snapshot::default())
+        }
+        async fn events(&self, _: &RoomName, _: HistoryRange) -> Result<Page, StoreError> {
+            Ok(Page::default())
+        }
+        async fn check_reader(
+            &self,
+            _: &RoomName,
+            _: Option<&UserId>,
+        ) -> Result<Option<Refusal>, StoreError> {
+            Ok(None)
+        }
+        async fn all_events(&self) -> Result<Vec<crate::protocol::Event>, StoreError> {
+            Ok(Vec::new())
+        }
+        async fn ping(&self) -> Result<(), StoreError> {
+            Ok(())
+        }
+    }
+
+    fn batch(texts: &[&str]) -> Vec<AppendRequest> {
+        texts
+            .iter()
+            .map(|t| AppendRequest {
+                room: RoomName::trusted("r".into()),
+                user: UserId::trusted("u".into()),
+                op: AppendOp::Message {
+                    text: (*t).into(),
+                    client_msg_id: None,
+                },
+            })
+            .collect()
+    }
+
+    fn seqs(outcomes: &[Result<AppendOutcome, ProtoError>]) -> Vec<Option<i64>> {
+        outcomes
+            .iter()
+            .map(|o| match o {
+                Ok(AppendOutcome::AlreadyMember { last_seq }) => Some(*last_seq),
+                Ok(other) => panic!("unexpected {other:?}"),
+                Err(e) => {
+                    assert_eq!(e.code, ErrorCode::Unavailable);
+                    None
+                }
+            })
+            .collect()
+    }
+
+    #[tokio::test]
+    async fn a_refused_request_fails_alone_and_the_others_commit_in_order() {
+        let store = FakeStore::default();
+        let metrics = Metrics::new("t");
+        let requests = batch(&["a", "b", "poison", "c", "d"]);
+        let out = append_batch(&store, &requests, "n", &metrics).await;
+        assert_eq!(seqs(&out), [Some(1), Some(2), None, Some(3), Some(4)]);
+        // The batch, then each request alone, in order.
+        assert_eq!(*store.calls.lock().unwrap(), [5, 1, 1, 1, 1, 1]);
+        assert_eq!(metrics.store_errors.get(), 2);
+    }
+
+    #[tokio::test]
+    async fn a_batch_that_commits_is_appended_once() {
+        let store = FakeStore::default();
+        let out = append_batch(&store, &batch(&["a", "b"]), "n", &Metrics::new("t")).await;
+        assert_eq!(seqs(&out), [Some(1), Some(2)]);
+        assert_eq!(*store.calls.lock().unwrap(), [2]);
+    }
+
+    #[tokio::test]
+    async fn a_store_that_is_down_is_asked_once_per_batch() {
+        let store = FakeStore::default();
+        store.down.store(true, Ordering::SeqCst);
+        let out = append_batch(
+            &store,
+            &batch(&["a", "poison", "b"]),
+            "n",
+            &Metrics::new("t"),
+        )
+        .await;
+        assert_eq!(seqs(&out), [None, None, None]);
+        assert_eq!(*store.calls.lock().unwrap(), [3]);
+    }
+
+    #[tokio::test]
+    async fn a_store_that_goes_down_while_splitting_is_not_asked_again() {
+        let store = FakeStore::default();
+        // The batch fails (poison), the first single commits, then the store is gone.
+        store.down_after.store(2, Ordering::SeqCst);
+        let requests = batch(&["a", "poison", "b", "c", "d"]);
+        let out = append_batch(&store, &requests, "n", &Metrics::new("t")).await;
+        assert_eq!(seqs(&out), [Some(1), None, None, None, None]);
+        assert_eq!(*store.calls.lock().unwrap(), [5, 1, 1]);
+    }
 }

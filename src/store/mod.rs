@@ -35,6 +35,46 @@ pub enum StoreError {
     Other(#[from] anyhow::Error),
 }
 
+impl StoreError {
+    /// Whether the failure may be one request's fault, so that the batch's
+    /// other requests could still be stored: a statement the database refused
+    /// (PostgreSQL: an error with a SQLSTATE outside the classes that speak of
+    /// the server or the connection; SQLite: a constraint, size or type
+    /// error). Not when the store itself failed: a pool timeout, a connection
+    /// that is closed or never opened, an I/O error, a lock. The writer
+    /// retries a batch one request at a time only after the former, so that
+    /// a store that is down is not asked N times.
+    pub fn may_be_one_request(&self) -> bool {
+        match self {
+            StoreError::Postgres(e) => {
+                !e.is_closed() && e.code().is_some_and(|c| statement_sqlstate(c.code()))
+            }
+            StoreError::Pool(_) | StoreError::Other(_) => false,
+            StoreError::Sqlite(e) => matches!(
+                e.sqlite_error_code(),
+                Some(
+                    rusqlite::ErrorCode::ConstraintViolation
+                        | rusqlite::ErrorCode::TooBig
+                        | rusqlite::ErrorCode::TypeMismatch
+                )
+            ),
+        }
+    }
+}
+
+/// Whether a SQLSTATE is about the statement (its data, a constraint, a
+/// conflict with another transaction) rather than the server or the session:
+/// classes 08 (connection exception), 28 (authorization), 3D (no such
+/// database), 53 (insufficient resources: disk full, out of memory, too many
+/// connections), 57 (operator intervention: shutdown, cancel, "cannot connect
+/// now"), 58 (system error: I/O) and XX (internal error) are not.
+fn statement_sqlstate(code: &str) -> bool {
+    !matches!(
+        code.get(..2),
+        None | Some("08" | "28" | "3D" | "53" | "57" | "58" | "XX")
+    )
+}
+
 /// One append the writer hands the store.
 #[derive(Debug, Clone)]
 pub struct AppendRequest {
@@ -482,6 +522,34 @@ mod tests {
         let p = plan(&[req("g", "1", AppendOp::Create)], loaded, "n", Utc::now());
         assert_eq!(p.outcomes[0], AppendOutcome::Refused(Refusal::RoomExists));
         assert!(p.events.is_empty());
+    }
+
+    #[test]
+    fn only_statement_failures_may_be_one_requests_fault() {
+        // NUL in text (22021), a CHECK (23514), a unique index (23505), a
+        // trigger's RAISE (P0001), an index row too large (54000), a deadlock (40P01).
+        for code in ["22021", "23514", "23505", "P0001", "54000", "40P01"] {
+            assert!(statement_sqlstate(code), "{code}");
+        }
+        // Connection lost, shutdown, too many connections, disk full, I/O, internal.
+        for code in [
+            "08006", "57P01", "57P03", "53300", "53100", "58030", "XX000", "3D000",
+        ] {
+            assert!(!statement_sqlstate(code), "{code}");
+        }
+        let sqlite = |code| {
+            StoreError::Sqlite(rusqlite::Error::SqliteFailure(
+                rusqlite::ffi::Error::new(code),
+                None,
+            ))
+        };
+        assert!(sqlite(rusqlite::ffi::SQLITE_CONSTRAINT).may_be_one_request());
+        assert!(!sqlite(rusqlite::ffi::SQLITE_BUSY).may_be_one_request());
+        assert!(!sqlite(rusqlite::ffi::SQLITE_IOERR).may_be_one_request());
+        assert!(!sqlite(rusqlite::ffi::SQLITE_FULL).may_be_one_request());
+        let timeout = deadpool_postgres::PoolError::Timeout(deadpool_postgres::TimeoutType::Wait);
+        assert!(!StoreError::Pool(timeout).may_be_one_request());
+        assert!(!StoreError::Other(anyhow::anyhow!("task failed")).may_be_one_request());
     }
 
     #[test]

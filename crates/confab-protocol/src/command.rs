@@ -545,8 +545,14 @@ mod tests {
     #[test]
     fn nul_is_refused_in_every_text_field_and_named() {
         for (frame, field) in [
-            (r#"{"type":"message","room":"g","message":"a\u0000b"}"#, "message"),
-            (r#"{"type":"message","room":"g","message":"\u0000"}"#, "message"),
+            (
+                r#"{"type":"message","room":"g","message":"a\u0000b"}"#,
+                "message",
+            ),
+            (
+                r#"{"type":"message","room":"g","message":"\u0000"}"#,
+                "message",
+            ),
             (
                 r#"{"type":"message","room":"g","message":"x","client_msg_id":"c\u0000"}"#,
                 "client_msg_id",
@@ -561,7 +567,10 @@ mod tests {
             );
         }
         // A room name with NUL breaks the naming rule, like any control character.
-        assert_eq!(code(r#"{"type":"join","room":"g\u0000"}"#), ErrorCode::InvalidRoom);
+        assert_eq!(
+            code(r#"{"type":"join","room":"g\u0000"}"#),
+            ErrorCode::InvalidRoom
+        );
         // So does a user_id, and a ref is refused too.
         assert_eq!(
             code(r#"{"type":"ping","user_id":"a\u0000"}"#),

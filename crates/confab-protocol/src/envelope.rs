@@ -445,8 +445,8 @@ mod tests {
     fn the_signature_is_hmac_sha256_of_the_unsigned_text() {
         // What a tool outside Confab computes to publish a signed envelope.
         let unsigned = header().encode(EVENT);
-        let mut mac = <Hmac<Sha256> as KeyInit>::new_from_slice(b"correct horse battery staple")
-            .unwrap();
+        let mut mac =
+            <Hmac<Sha256> as KeyInit>::new_from_slice(b"correct horse battery staple").unwrap();
         Mac::update(&mut mac, unsigned.as_bytes());
         let hex: String = mac
             .finalize()
