@@ -75,6 +75,10 @@ settings! {
     redis_url: "REDIS_URL" = "" ("unset: the node runs alone"), secret;
     /// Redis channel for events; also the prefix of the presence keys.
     redis_channel: "REDIS_CHANNEL" = "chat:events";
+    /// Shared by every node of a cluster (at least 32 bytes): each envelope
+    /// published on the bus is signed with it (HMAC-SHA256), and envelopes
+    /// unsigned or badly signed are dropped. Unset: nothing is signed or checked.
+    bus_secret: "BUS_SECRET" = "" ("unset: the bus is not authenticated"), secret;
     /// Actix worker threads serving sockets.
     workers: "WORKERS" = "" ("the number of CPUs");
     /// Largest WebSocket frame in bytes (a larger one closes with 1009).
@@ -182,6 +186,9 @@ pub struct Config {
     pub store: StoreConfig,
     pub redis_url: Option<SecretUrl>,
     pub redis_channel: String,
+    /// `BUS_SECRET`, keyed (its `Debug` shows nothing); `None`: the bus is
+    /// not authenticated.
+    pub bus_key: Option<crate::protocol::BusKey>,
     /// Actix worker threads serving sockets.
     pub workers: usize,
     pub max_frame_bytes: usize,
@@ -237,6 +244,7 @@ impl Config {
             store,
             redis_url: s.get("REDIS_URL").map(|u| SecretUrl(u.to_owned())),
             redis_channel: string(s, "REDIS_CHANNEL"),
+            bus_key: bus_key(s)?,
             workers,
             max_frame_bytes: parse(s, "MAX_FRAME_BYTES")?,
             max_message_chars: parse(s, "MAX_MESSAGE_CHARS")?,
@@ -294,6 +302,18 @@ impl Config {
             }
         }
         Ok(())
+    }
+}
+
+/// `BUS_SECRET`: long enough that a captured signed envelope (anyone who
+/// can read the channel has one) does not give it away to a guessing attack.
+fn bus_key(s: &Settings) -> Result<Option<crate::protocol::BusKey>> {
+    match s.get("BUS_SECRET") {
+        None => Ok(None),
+        Some(secret) if secret.len() < 32 => {
+            bail!("BUS_SECRET must be at least 32 bytes (it is {})", secret.len())
+        }
+        Some(secret) => Ok(Some(crate::protocol::BusKey::new(secret.as_bytes()))),
     }
 }
 
@@ -372,6 +392,18 @@ mod tests {
         assert!(!shown.contains("hunter2"), "{shown}");
         assert!(!shown.contains("swordfish"), "{shown}");
         assert!(shown.contains("redis://:***@h:6379/"), "{shown}");
+    }
+
+    #[test]
+    fn bus_secret_is_long_and_never_shown() {
+        let secret = "bus-secret-0123456789-0123456789-x";
+        let c = Config::from_vars(vars(&[("BUS_SECRET", secret)])).unwrap();
+        assert!(c.bus_key.is_some());
+        let shown = format!("{c:?}");
+        assert!(!shown.contains(secret), "{shown}");
+        assert!(Config::from_vars(vars(&[])).unwrap().bus_key.is_none());
+        let err = Config::from_vars(vars(&[("BUS_SECRET", "short")])).unwrap_err();
+        assert!(err.to_string().contains("BUS_SECRET"), "{err}");
     }
 
     #[test]

@@ -1,7 +1,9 @@
 //! The Redis bus: the publisher (envelopes, pipelined per batch, in commit
-//! order), the subscriber (validates each envelope's header and forwards the
-//! event's bytes untouched; reconnects and asks for a resync) and the
-//! presence task. See the parent module for what the bus promises.
+//! order, signed when `BUS_SECRET` is set), the subscriber (checks each
+//! envelope's signature when `BUS_SECRET` is set, validates its header and
+//! event, and forwards the event's bytes untouched; reconnects and asks for a
+//! resync) and the presence task. See the parent module for what the bus
+//! promises.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -16,7 +18,7 @@ use super::{BusHandle, BusHealth, HubLink};
 use crate::config::{redact_url, Config};
 use crate::messages::{LiveEvent, PeerEvents, Resync};
 use crate::metrics::Metrics;
-use crate::protocol::{Envelope, Header};
+use crate::protocol::{BusKey, Envelope, Header};
 /// How often a node compares every room's last seq with the store, to catch
 /// events whose publish was lost while nobody noticed.
 const RESYNC_INTERVAL: Duration = Duration::from_secs(10);
@@ -33,6 +35,8 @@ pub struct RedisBus {
     pool: deadpool_redis::Pool,
     channel: String,
     node: String,
+    /// `BUS_SECRET`: signs what is published, checks what is received.
+    key: Option<BusKey>,
     publish: mpsc::Sender<Vec<LiveEvent>>,
     queue: mpsc::Receiver<Vec<LiveEvent>>,
     metrics: Arc<Metrics>,
@@ -71,6 +75,7 @@ impl RedisBus {
             pool,
             channel,
             node: config.node_id.clone(),
+            key: config.bus_key.clone(),
             publish,
             queue,
             metrics,
@@ -98,6 +103,7 @@ impl RedisBus {
             pool,
             channel,
             node,
+            key,
             publish: _,
             queue,
             metrics,
@@ -107,6 +113,7 @@ impl RedisBus {
             pool.clone(),
             channel.clone(),
             node.clone(),
+            key.clone(),
             queue,
             metrics.clone(),
         ));
@@ -114,6 +121,8 @@ impl RedisBus {
             client,
             channel: channel.clone(),
             node: node.clone(),
+            key,
+            drops: DropLog::new(),
             events: hub.events,
             resync: hub.resync,
             metrics,
@@ -149,6 +158,7 @@ async fn publisher(
     pool: deadpool_redis::Pool,
     channel: String,
     node: String,
+    key: Option<BusKey>,
     mut rx: mpsc::Receiver<Vec<LiveEvent>>,
     metrics: Arc<Metrics>,
 ) {
@@ -165,7 +175,7 @@ async fn publisher(
             };
             pipe.cmd("PUBLISH")
                 .arg(&channel)
-                .arg(header.encode(&ev.frame))
+                .arg(header.encode_signed(&ev.frame, key.as_ref()))
                 .ignore();
         }
         let mut delay = Duration::from_millis(50);
@@ -204,6 +214,9 @@ struct Subscriber {
     client: redis::Client,
     channel: String,
     node: String,
+    /// `BUS_SECRET`: with it, only envelopes signed with it are taken.
+    key: Option<BusKey>,
+    drops: DropLog,
     events: Recipient<PeerEvents>,
     resync: Recipient<Resync>,
     metrics: Arc<Metrics>,
@@ -289,9 +302,12 @@ impl Subscriber {
     }
 
     /// Reads one message: a peer's event is kept, our own skipped, and
-    /// anything that is not a valid envelope dropped and logged.
+    /// anything else dropped, logged and counted: not a valid envelope, an
+    /// event that is not an object or disagrees with its header, and (with
+    /// `BUS_SECRET`) an envelope unsigned or badly signed. Nothing of a
+    /// dropped message reaches a socket.
     fn push_event(&self, msg: &redis::Msg, events: &mut Vec<LiveEvent>) {
-        match Envelope::decode(msg.get_payload_bytes()) {
+        match Envelope::decode_verified(msg.get_payload_bytes(), self.key.as_ref()) {
             Ok(env) if env.header.node == self.node => {}
             Ok(env) => {
                 self.metrics.bus_received.inc();
@@ -306,11 +322,79 @@ impl Subscriber {
             }
             Err(e) => {
                 self.metrics.bus_errors.inc();
-                log::warn!(
-                    "dropping a message on {} that is not a valid envelope: {e}",
-                    self.channel
-                );
+                if let Some(suppressed) = self.drops.admit() {
+                    let more = if suppressed > 0 {
+                        format!(" ({suppressed} more dropped without a log line before it)")
+                    } else {
+                        String::new()
+                    };
+                    log::warn!(
+                        "dropping a message on {} that is not a valid envelope: {e}{more}",
+                        self.channel
+                    );
+                }
             }
         }
+    }
+}
+
+/// Most dropped bus messages logged per [`DROP_LOG_WINDOW`]: whoever floods
+/// the channel with garbage does not flood the log too (every drop is still
+/// counted in `confab_bus_errors_total`).
+const DROP_LOG_BURST: u32 = 20;
+const DROP_LOG_WINDOW: Duration = Duration::from_secs(10);
+
+/// How many drops were logged in the current window, and how many were not.
+struct DropLog {
+    state: std::sync::Mutex<(std::time::Instant, u32, u64)>,
+}
+
+impl DropLog {
+    fn new() -> DropLog {
+        DropLog {
+            state: std::sync::Mutex::new((std::time::Instant::now(), 0, 0)),
+        }
+    }
+
+    /// `Some(drops not logged since the last line)` when this drop may be
+    /// logged; `None` when the window's lines are used up.
+    fn admit(&self) -> Option<u64> {
+        let Ok(mut state) = self.state.lock() else {
+            return Some(0);
+        };
+        let (started, logged, suppressed) = &mut *state;
+        if started.elapsed() >= DROP_LOG_WINDOW {
+            *started = std::time::Instant::now();
+            *logged = 0;
+        }
+        if *logged < DROP_LOG_BURST {
+            *logged += 1;
+            Some(std::mem::take(suppressed))
+        } else {
+            *suppressed += 1;
+            None
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn drops_are_logged_a_few_per_window_and_the_rest_counted() {
+        let drops = DropLog::new();
+        for _ in 0..DROP_LOG_BURST {
+            assert_eq!(drops.admit(), Some(0));
+        }
+        for _ in 0..5 {
+            assert_eq!(drops.admit(), None);
+        }
+        // A new window: the next line says how many went unlogged.
+        if let Ok(mut state) = drops.state.lock() {
+            state.0 -= DROP_LOG_WINDOW;
+        }
+        assert_eq!(drops.admit(), Some(5));
+        assert_eq!(drops.admit(), Some(0));
     }
 }
