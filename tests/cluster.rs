@@ -510,3 +510,165 @@ async fn a_forged_envelope_with_an_invalid_room_is_dropped_and_logged() {
         .await;
     assert_eq!(ack["seq"], 2);
 }
+
+const BUS_SECRET: &str = "cluster-test-bus-secret-0123456789abcdef";
+
+/// Waits up to 5 s for a node's counter to reach `at_least`.
+async fn wait_for_counter(node: &common::TestNode, name: &str, at_least: u64) {
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let v = node.counter(name).await;
+        if v >= at_least {
+            return;
+        }
+        assert!(Instant::now() < deadline, "{name} is {v}, not {at_least}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// A well-formed envelope for `room` with `seq`, as a forger would write it.
+fn forged(room: &str, seq: i64, user: &str, text: &str) -> (confab::protocol::Header, String) {
+    use confab::protocol::{EventKind, Header, RoomName, UserId};
+    let header = Header {
+        node: "forger".into(),
+        room: RoomName::parse(room).unwrap(),
+        seq,
+        kind: EventKind::Message,
+        user: UserId::parse(user).unwrap(),
+        to: None,
+    };
+    let event = json!({"type":"message","room":room,"seq":seq,"id":999,"user_id":user,
+                       "message":text,"node":"forger","at":"2026-01-01T00:00:00.000000Z"});
+    (header, event.to_string())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nodes_sharing_a_bus_secret_take_each_others_events_and_drop_forged_ones() {
+    use confab::protocol::BusKey;
+    let cluster = Cluster::start_with(2, &[("BUS_SECRET", BUS_SECRET)]).await;
+    let watcher = redis::Client::open(cluster.redis_url.as_str()).unwrap();
+    let mut pubsub = watcher.get_async_pubsub().await.unwrap();
+    pubsub.subscribe(&cluster.channel).await.unwrap();
+
+    let mut a = cluster.client(0).await;
+    a.ok(json!({"user_id":"a","type":"create","room":"sealed"}))
+        .await;
+    let mut b = cluster.client(1).await;
+    b.ok(json!({"user_id":"b","type":"join","room":"sealed"}))
+        .await;
+    a.ok(json!({"type":"message","room":"sealed","message":"signed hello"}))
+        .await;
+    // Node 1 took node 0's signed envelope.
+    let f = b.recv().await;
+    assert_eq!((f["message"].as_str(), seq(&f)), (Some("signed hello"), 3));
+
+    // Every envelope on the channel ends with its signature.
+    let mut stream = pubsub.on_message();
+    let mut captured = Vec::new();
+    while captured.len() < 3 {
+        let msg = tokio::time::timeout(Duration::from_secs(5), stream.next())
+            .await
+            .expect("published in time")
+            .expect("message");
+        let text = String::from_utf8(msg.get_payload_bytes().to_vec()).unwrap();
+        let v: Value = serde_json::from_str(&text).expect("JSON");
+        let sig = v["sig"].as_str().unwrap_or_else(|| panic!("no sig: {text}"));
+        assert!(sig.len() == 64 && sig.bytes().all(|c| c.is_ascii_hexdigit()), "{sig}");
+        captured.push(text);
+    }
+
+    // A well-formed envelope for the next seq: unsigned, signed with another
+    // secret, and a captured signed one with its text changed.
+    let (header, event) = forged("sealed", 4, "a", "forged");
+    cluster.publish_raw(header.encode(&event)).await;
+    let wrong = BusKey::new(b"not-the-cluster-secret-0123456789abcdef");
+    cluster
+        .publish_raw(header.encode_signed(&event, Some(&wrong)))
+        .await;
+    let altered = captured[2].replace("signed hello", "signed hellp");
+    assert_ne!(altered, captured[2]);
+    cluster.publish_raw(altered).await;
+    for i in 0..2 {
+        let node = cluster.node(i);
+        node.wait_for_log(&["not a valid envelope", "unsigned"]).await;
+        let bad = node.wait_for_log(&["not a valid envelope", "bad signature"]).await;
+        assert!(!bad.contains(BUS_SECRET), "the secret is never logged: {bad}");
+        wait_for_counter(node, "confab_bus_errors_total", 3).await;
+    }
+    // A captured signed envelope published again: its seq was delivered, so
+    // the sequencer drops it as stale.
+    cluster.publish_raw(captured[2].clone()).await;
+    assert!(
+        a.try_recv(Duration::from_millis(500)).await.is_none(),
+        "nothing forged or replayed reaches node 0's client"
+    );
+    assert!(
+        b.try_recv(Duration::from_millis(100)).await.is_none(),
+        "nothing forged or replayed reaches node 1's client"
+    );
+    // The room goes on at the seq the forgery claimed, on both nodes.
+    let ack = b
+        .ok(json!({"type":"message","room":"sealed","message":"real"}))
+        .await;
+    assert_eq!(ack["seq"], 4);
+    let f = a.recv().await;
+    assert_eq!((f["message"].as_str(), seq(&f)), (Some("real"), 4));
+    for node in cluster.nodes.iter().flatten() {
+        assert!(
+            !node.log_lines().iter().any(|l| l.contains(BUS_SECRET)),
+            "BUS_SECRET appears in a log"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn envelopes_whose_event_is_not_an_object_or_disagrees_with_the_header_are_dropped() {
+    let cluster = Cluster::start(1).await;
+    let mut a = cluster.client(0).await;
+    a.ok(json!({"user_id":"a","type":"create","room":"real"}))
+        .await;
+    let (header, event) = forged("real", 2, "a", "forged");
+    let cases: Vec<(Vec<u8>, &str)> = vec![
+        (header.encode("[1,2,3]").into(), "not a JSON object"),
+        (header.encode("\"text\"").into(), "not a JSON object"),
+        (
+            header
+                .encode(&event.replace("\"room\":\"real\"", "\"room\":\"other\""))
+                .into(),
+            "room disagrees",
+        ),
+        (
+            header.encode(&event.replace("\"seq\":2", "\"seq\":7")).into(),
+            "seq disagrees",
+        ),
+        (
+            header
+                .encode(&event.replace("\"user_id\":\"a\"", "\"user_id\":\"mallory\""))
+                .into(),
+            "user_id disagrees",
+        ),
+        (header.encode("{}").into(), "not an event"),
+        (b"not json at all".to_vec(), "not an envelope"),
+        (
+            format!("{}{}", "[".repeat(10_000), "]".repeat(10_000)).into(),
+            "invalid type: sequence",
+        ),
+        (b"\xff\xfe{\"v\":1}".to_vec(), "not an envelope"),
+    ];
+    for (payload, _) in &cases {
+        cluster.publish_raw(payload.clone()).await;
+    }
+    let node = cluster.node(0);
+    for (_, why) in &cases {
+        node.wait_for_log(&["not a valid envelope", why]).await;
+    }
+    wait_for_counter(node, "confab_bus_errors_total", cases.len() as u64).await;
+    assert!(
+        a.try_recv(Duration::from_millis(300)).await.is_none(),
+        "a dropped envelope delivers nothing"
+    );
+    // The subscriber is alive: a peer's well-formed event still arrives.
+    cluster.publish_raw(header.encode(&event)).await;
+    let f = a.recv().await;
+    assert_eq!((f["message"].as_str(), seq(&f)), (Some("forged"), 2));
+}

@@ -794,3 +794,80 @@ impl Drop for OwnRedis {
         self.kill();
     }
 }
+
+/// Clusters whose nodes share extra settings (`BUS_SECRET`, …), and what a
+/// test publishes on a cluster's channel itself.
+impl Cluster {
+    /// `n` nodes that all get `env` besides the usual settings.
+    pub async fn start_with(n: usize, env: &[(&str, &str)]) -> Cluster {
+        let mut c = Cluster::start_on(0, redis_url()).await;
+        for _ in 0..n {
+            c.add_node_with(env).await;
+        }
+        c
+    }
+
+    /// Starts one more node with `env` besides the usual settings; returns its index.
+    pub async fn add_node_with(&mut self, env: &[(&str, &str)]) -> usize {
+        let i = self.nodes.len();
+        let mut vars = vec![
+            ("NODE_ID".to_string(), format!("node-{i}")),
+            ("REDIS_URL".to_string(), self.redis_url.clone()),
+            ("REDIS_CHANNEL".to_string(), self.channel.clone()),
+        ];
+        vars.extend(env.iter().map(|(k, v)| (k.to_string(), v.to_string())));
+        let node = TestNode::spawn(self.store.clone(), vars).await;
+        self.nodes.push(Some(node));
+        i
+    }
+
+    /// Publishes `payload` on the cluster's channel as anyone who can reach
+    /// Redis could; returns how many subscribers got it.
+    pub async fn publish_raw(&self, payload: impl Into<Vec<u8>>) -> i64 {
+        let client = redis::Client::open(self.redis_url.as_str()).expect("redis url");
+        let mut conn = client
+            .get_multiplexed_async_connection()
+            .await
+            .expect("connect to redis");
+        redis::cmd("PUBLISH")
+            .arg(&self.channel)
+            .arg(payload.into())
+            .query_async(&mut conn)
+            .await
+            .expect("PUBLISH")
+    }
+}
+
+impl TestNode {
+    /// Waits up to 5 s for a log line that contains every one of `parts`.
+    pub async fn wait_for_log(&self, parts: &[&str]) -> String {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+        loop {
+            if let Some(line) = self
+                .log_lines()
+                .into_iter()
+                .find(|l| parts.iter().all(|p| l.contains(p)))
+            {
+                return line;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "no log line with {parts:?}:\n{}",
+                self.log_lines().join("\n")
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// The value of a counter in `/metrics` (its first series).
+    pub async fn counter(&self, name: &str) -> u64 {
+        let (status, body) = self.http("GET", "/metrics", None).await;
+        assert_eq!(status, 200, "{body}");
+        body.lines()
+            .find(|l| l.starts_with(name) && !l.starts_with('#'))
+            .and_then(|l| l.rsplit(' ').next())
+            .and_then(|v| v.parse::<f64>().ok())
+            .map(|v| v as u64)
+            .unwrap_or_else(|| panic!("no {name} in /metrics:\n{body}"))
+    }
+}

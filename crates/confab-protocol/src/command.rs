@@ -437,6 +437,33 @@ mod tests {
     }
 
     #[test]
+    fn hostile_json_is_invalid_json() {
+        // serde_json refuses nesting deeper than 128, numbers past f64 and
+        // lone surrogates: all are `invalid_json`, none a panic.
+        let deep = format!("{}{}", "[".repeat(10_000), "]".repeat(10_000));
+        assert_eq!(code(&deep), ErrorCode::InvalidJson);
+        let deep = format!("{}1{}", "{\"a\":".repeat(10_000), "}".repeat(10_000));
+        assert_eq!(code(&deep), ErrorCode::InvalidJson);
+        for frame in [
+            r#"{"type":"ping","ref":1e400}"#,
+            r#"{"type":"ping","ref":"\ud800"}"#,
+            r#"{"type":"ping","ref":"a\udfffb"}"#,
+            r#"{"type":"ping","ref":"\ud800\u0041"}"#,
+            r#"{"type":"ping"} {}"#,
+        ] {
+            assert_eq!(code(frame), ErrorCode::InvalidJson, "{frame}");
+        }
+        // A number too large for an integer is a number, refused by its field.
+        assert_eq!(
+            code(r#"{"type":"join","room":"g","since":99999999999999999999999}"#),
+            ErrorCode::InvalidField
+        );
+        // A surrogate pair is one character.
+        let p = parse(r#"{"type":"ping","ref":"\ud83d\ude00"}"#);
+        assert_eq!(p.reference, Some(Ref::Str("😀".into())));
+    }
+
+    #[test]
     fn type_must_be_a_known_command() {
         assert_eq!(code("{}"), ErrorCode::UnknownType);
         assert_eq!(code(r#"{"type":7}"#), ErrorCode::UnknownType);
