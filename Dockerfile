@@ -22,7 +22,10 @@ COPY --from=build /usr/local/bin/confab /usr/local/bin/confab
 USER confab
 WORKDIR /var/lib/confab
 # Without DATABASE_URL and REDIS_URL the node runs alone on SQLite; mount a
-# volume on /var/lib/confab to keep its data.
+# volume on /var/lib/confab to keep its data. HOST=0.0.0.0: a container's
+# loopback is its own, so the node listens on every interface. Without
+# AUTH_SECRET or AUTH_PUBLIC_KEY it runs in open mode and warns at start-up
+# that anyone reaching the port can speak as any user (docs/security.md).
 ENV HOST=0.0.0.0 \
     PORT=8080 \
     SQLITE_PATH=/var/lib/confab/confab.db \

@@ -4,7 +4,7 @@
 //! README.md's table and `.env.example` list the same variables (a test
 //! checks it). Values are parsed here, not by clap, so that a bad one stops
 //! start-up with a message naming its variable. Secrets (URLs with
-//! passwords) never appear in `Debug` output or logs.
+//! passwords, `AUTH_SECRET`) never appear in `Debug` output or logs.
 
 use std::collections::HashMap;
 use std::fmt;
@@ -13,6 +13,8 @@ use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
 use clap::{Parser, Subcommand};
+
+use crate::auth::{Auth, KeySource, Origins};
 
 /// Declares the settings: field, variable, default ("" for none or a
 /// computed one, then how it is chosen in parentheses), whether its value is
@@ -59,9 +61,27 @@ macro_rules! settings {
 
 settings! {
     /// Address to listen on.
-    host: "HOST" = "0.0.0.0";
+    host: "HOST" = "127.0.0.1";
     /// Port for WebSocket (/ws) and HTTP (/health, /metrics, /rooms, /).
     port: "PORT" = "8080";
+    /// Token mode with HS256: the shared secret tokens are signed with (at
+    /// least 32 bytes). Unset (and no AUTH_PUBLIC_KEY): open mode, anyone
+    /// may speak as any user.
+    auth_secret: "AUTH_SECRET" = "" ("unset: open mode"), secret;
+    /// Token mode with RS256 or EdDSA: path of the PEM public key tokens are
+    /// verified with. Not with AUTH_SECRET.
+    auth_public_key: "AUTH_PUBLIC_KEY" = "" ("unset");
+    /// Token mode: the iss claim every token must carry.
+    auth_issuer: "AUTH_ISSUER" = "" ("unset: not checked");
+    /// Token mode: the aud claim every token must carry (unset: a token with
+    /// an aud is refused).
+    auth_audience: "AUTH_AUDIENCE" = "" ("unset");
+    /// Token mode: seconds of clock skew allowed on exp and nbf; a
+    /// connection closes with 4001 this long after its token's exp.
+    auth_leeway_secs: "AUTH_LEEWAY_SECS" = "30";
+    /// Comma-separated web origins (https://chat.example.com) whose pages may
+    /// open a WebSocket; others get 403. Unset: every origin.
+    allowed_origins: "ALLOWED_ORIGINS" = "" ("unset: every origin");
     /// The node's name in hello, in events, in metrics and in Redis presence
     /// keys; give each node of a cluster its own.
     node_id: "NODE_ID" = "" ("node- and 6 random hex digits, new at each start");
@@ -126,12 +146,22 @@ pub struct Cli {
     pub settings: Settings,
 }
 
-#[derive(Subcommand, Clone, Copy, PartialEq, Eq, Debug)]
+#[derive(Subcommand, Clone, PartialEq, Eq, Debug)]
 pub enum Cmd {
     /// Run the node (what `confab` alone does).
     Serve,
     /// Apply the store's migrations and exit (for deploy pipelines).
     Migrate,
+    /// Print a token for USER signed with AUTH_SECRET (to try token mode,
+    /// e.g. wscat -c "ws://127.0.0.1:8080/ws?token=$(confab token alice)").
+    Token {
+        /// The user the token speaks for (its sub).
+        #[arg(value_name = "USER", value_parser = crate::auth::parse_user)]
+        user: crate::protocol::UserId,
+        /// How long the token is valid: 30s, 15m, 1h, 2d, ...
+        #[arg(long, value_name = "TTL", default_value = "1h", value_parser = crate::auth::parse_ttl)]
+        ttl: Duration,
+    },
 }
 
 /// A URL that may carry a password: `Debug` and `Display` show it redacted.
@@ -182,6 +212,10 @@ pub fn redact_url(url: &str) -> String {
 pub struct Config {
     pub host: String,
     pub port: u16,
+    /// Token mode (`AUTH_SECRET` or `AUTH_PUBLIC_KEY`); `None`: open mode.
+    pub auth: Option<Auth>,
+    /// `ALLOWED_ORIGINS`; `None`: every origin.
+    pub allowed_origins: Option<Origins>,
     pub node_id: String,
     pub store: StoreConfig,
     pub redis_url: Option<SecretUrl>,
@@ -240,6 +274,12 @@ impl Config {
         let config = Config {
             host: string(s, "HOST"),
             port: parse(s, "PORT")?,
+            auth: auth(s)?,
+            allowed_origins: s
+                .get("ALLOWED_ORIGINS")
+                .map(Origins::parse)
+                .transpose()
+                .map_err(anyhow::Error::msg)?,
             node_id: s.get("NODE_ID").map_or_else(default_node_id, str::to_owned),
             store,
             redis_url: s.get("REDIS_URL").map(|u| SecretUrl(u.to_owned())),
@@ -303,6 +343,29 @@ impl Config {
         }
         Ok(())
     }
+}
+
+/// Token mode from `AUTH_SECRET` or `AUTH_PUBLIC_KEY` (never both).
+fn auth(s: &Settings) -> Result<Option<Auth>> {
+    let key = match (s.get("AUTH_SECRET"), s.get("AUTH_PUBLIC_KEY")) {
+        (Some(_), Some(_)) => {
+            bail!("AUTH_SECRET and AUTH_PUBLIC_KEY are both set: token mode takes one of them")
+        }
+        (Some(secret), None) => KeySource::Secret(secret),
+        (None, Some(path)) => KeySource::PublicKeyFile(path),
+        (None, None) => {
+            for var in ["AUTH_ISSUER", "AUTH_AUDIENCE"] {
+                if s.get(var).is_some() {
+                    bail!("{var} is set but AUTH_SECRET and AUTH_PUBLIC_KEY are not: nothing would check it");
+                }
+            }
+            return Ok(None);
+        }
+    };
+    let leeway = parse(s, "AUTH_LEEWAY_SECS").map(Duration::from_secs)?;
+    let issuer = s.get("AUTH_ISSUER").map(str::to_owned);
+    let audience = s.get("AUTH_AUDIENCE").map(str::to_owned);
+    Auth::new(key, issuer, audience, leeway).map(Some)
 }
 
 /// `BUS_SECRET`: long enough that a captured signed envelope (anyone who
@@ -392,6 +455,53 @@ mod tests {
         assert!(!shown.contains("hunter2"), "{shown}");
         assert!(!shown.contains("swordfish"), "{shown}");
         assert!(shown.contains("redis://:***@h:6379/"), "{shown}");
+    }
+
+    #[test]
+    fn token_mode_takes_one_key() {
+        let secret = "0123456789abcdef0123456789abcdef";
+        let c = Config::from_vars(vars(&[])).unwrap();
+        assert!(c.auth.is_none() && c.allowed_origins.is_none());
+        assert_eq!(c.host, "127.0.0.1");
+        let c = Config::from_vars(vars(&[("AUTH_SECRET", secret)])).unwrap();
+        let auth = c.auth.expect("token mode");
+        assert_eq!(auth.leeway(), Duration::from_secs(30));
+        let c = Config::from_vars(vars(&[("AUTH_SECRET", secret)])).unwrap();
+        let shown = format!("{c:?}");
+        assert!(!shown.contains(secret), "{shown}");
+        let err = Config::from_vars(vars(&[
+            ("AUTH_SECRET", secret),
+            ("AUTH_PUBLIC_KEY", "/k.pem"),
+        ]))
+        .unwrap_err();
+        assert!(err.to_string().contains("both set"), "{err}");
+        let err = Config::from_vars(vars(&[("AUTH_AUDIENCE", "confab")])).unwrap_err();
+        assert!(err.to_string().contains("AUTH_AUDIENCE"), "{err}");
+        let err = Config::from_vars(vars(&[("AUTH_SECRET", "short")])).unwrap_err();
+        assert!(err.to_string().contains("AUTH_SECRET"), "{err}");
+        let err = Config::from_vars(vars(&[("AUTH_SECRET", secret), ("AUTH_LEEWAY_SECS", "x")]))
+            .unwrap_err();
+        assert!(err.to_string().contains("AUTH_LEEWAY_SECS"), "{err}");
+        let err = Config::from_vars(vars(&[("ALLOWED_ORIGINS", "example.com")])).unwrap_err();
+        assert!(err.to_string().contains("ALLOWED_ORIGINS"), "{err}");
+        let c = Config::from_vars(vars(&[("ALLOWED_ORIGINS", "https://a.example")])).unwrap();
+        assert_eq!(c.allowed_origins.unwrap().list(), ["https://a.example"]);
+    }
+
+    #[test]
+    fn confab_token_takes_a_user_and_a_ttl() {
+        let cli = Cli::try_parse_from(["confab", "token", "alice", "--ttl", "15m"]).unwrap();
+        let Some(Cmd::Token { user, ttl }) = cli.command else {
+            panic!("not token");
+        };
+        assert_eq!((user.as_str(), ttl), ("alice", Duration::from_secs(900)));
+        let cli = Cli::try_parse_from(["confab", "token", "bob"]).unwrap();
+        let Some(Cmd::Token { ttl, .. }) = cli.command else {
+            panic!("not token");
+        };
+        assert_eq!(ttl, Duration::from_secs(3600));
+        assert!(Cli::try_parse_from(["confab", "token", "bob", "--ttl", "soon"]).is_err());
+        assert!(Cli::try_parse_from(["confab", "token"]).is_err());
     }
 
     #[test]

@@ -6,6 +6,7 @@
 //! line ([`config`]) and runs a node; docs/architecture.md walks one message
 //! through these modules.
 
+pub mod auth;
 pub mod bus;
 pub mod config;
 pub mod history;

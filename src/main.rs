@@ -1,5 +1,6 @@
 //! The `confab` binary: parses the command line and the environment, then
-//! runs a node (`confab`, `confab serve`) or migrates its store (`confab migrate`).
+//! runs a node (`confab`, `confab serve`), migrates its store (`confab
+//! migrate`) or prints a token for token mode (`confab token USER`).
 
 use std::process::ExitCode;
 
@@ -22,6 +23,9 @@ fn main() -> ExitCode {
         }
     };
     let command = cli.command.unwrap_or(Cmd::Serve);
+    if let Cmd::Token { user, ttl } = &command {
+        return token(&config, user, *ttl);
+    }
     let result = actix_web::rt::System::new().block_on(async move {
         match command {
             Cmd::Serve => {
@@ -31,6 +35,7 @@ fn main() -> ExitCode {
                     .await
             }
             Cmd::Migrate => confab::store::migrate(&config.store).await,
+            Cmd::Token { .. } => unreachable!("handled above"),
         }
     });
     match result {
@@ -38,6 +43,28 @@ fn main() -> ExitCode {
         Err(e) => {
             log::error!("{e:#}");
             ExitCode::FAILURE
+        }
+    }
+}
+
+/// `confab token USER [--ttl 1h]`: prints a token signed with `AUTH_SECRET`
+/// on stdout, alone on its line.
+fn token(config: &Config, user: &confab::protocol::UserId, ttl: std::time::Duration) -> ExitCode {
+    let Some(auth) = &config.auth else {
+        log::error!(
+            "AUTH_SECRET is not set: confab token signs with the secret the nodes verify with \
+             (set AUTH_SECRET, or pass --auth-secret)"
+        );
+        return ExitCode::from(2);
+    };
+    match auth.sign(user, ttl) {
+        Ok(token) => {
+            println!("{token}");
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            log::error!("{e:#}");
+            ExitCode::from(2)
         }
     }
 }

@@ -109,6 +109,7 @@ impl Node {
         .listen(listener)?
         .run();
         log::info!("confab listening on http://{addr}");
+        exposure(&config, addr);
         Ok(Node {
             config,
             server,
@@ -151,6 +152,33 @@ impl Node {
         }
         log::info!("stopped");
         Ok(())
+    }
+}
+
+/// Says at start-up who may speak as whom: token mode, the allowed origins,
+/// and a warning when open mode listens beyond the loopback interface
+/// (docs/security.md, "Identity and origins").
+fn exposure(config: &Config, addr: SocketAddr) {
+    match &config.auth {
+        Some(auth) => log::info!("{}", auth.describe()),
+        None if addr.ip().is_loopback() => log::info!(
+            "open mode: clients choose their user_id; listening on loopback only \
+             (set AUTH_SECRET or AUTH_PUBLIC_KEY for token mode)"
+        ),
+        None => log::warn!(
+            "open mode on {addr}: anyone who can reach this port can speak as any user. \
+             Set AUTH_SECRET or AUTH_PUBLIC_KEY for token mode, or HOST=127.0.0.1 \
+             (docs/security.md)"
+        ),
+    }
+    match &config.allowed_origins {
+        Some(origins) => log::info!(
+            "WebSocket handshakes from web pages: only {} and this node's own origin",
+            origins.list().join(", ")
+        ),
+        None => log::info!(
+            "WebSocket handshakes from web pages: every origin (ALLOWED_ORIGINS is unset)"
+        ),
     }
 }
 

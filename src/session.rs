@@ -27,20 +27,58 @@ use crate::protocol::{
 /// Close code for a slow consumer (docs/protocol.md, Closing).
 const CLOSE_SLOW_CONSUMER: u16 = 4000;
 
-/// `GET /ws`: upgrades to a WebSocket served by a [`WsSession`].
+/// `GET /ws`: upgrades to a WebSocket served by a [`WsSession`]. Before
+/// that, in this order: the `Origin` (`ALLOWED_ORIGINS`, 403), in token mode
+/// the token (401), then `?user_id=` (400 when invalid; in token mode 401
+/// when it is not the token's subject). Neither the token nor the query
+/// string is ever logged.
 pub async fn upgrade(
     req: HttpRequest,
     stream: web::Payload,
     node: web::Data<NodeContext>,
     query: web::Query<std::collections::HashMap<String, String>>,
 ) -> actix_web::Result<HttpResponse> {
-    let user = match query.get("user_id") {
+    let refuse = |err: &ProtoError| {
+        let peer = req.peer_addr();
+        let code = err.code.as_str();
+        log::debug!("refused a WebSocket handshake from {peer:?}: {code}");
+        Ok(crate::http::error_response(err, None))
+    };
+    if let Err(e) = crate::auth::check_origin(node.config.allowed_origins.as_ref(), &req) {
+        return refuse(&e);
+    }
+    let token = query.get("token").map(String::as_str);
+    let identity = match node.config.auth.as_ref() {
+        Some(auth) => match auth.authenticate_socket(&req, token) {
+            Ok(identity) => Some(identity),
+            Err(e) => return refuse(&e),
+        },
+        None => None,
+    };
+    let asked = match query.get("user_id") {
         Some(u) => Some(UserId::parse(u).map_err(|e| {
             actix_web::error::ErrorBadRequest(format!("invalid_field: {}", e.message))
         })?),
         None => None,
     };
-    let session = WsSession::new(node.into_inner(), user);
+    let (user, token_deadline) = match identity {
+        Some(identity) => {
+            if asked.as_ref().is_some_and(|u| *u != identity.user) {
+                let sub = &identity.user;
+                let err = ProtoError::new(
+                    ErrorCode::TokenInvalid,
+                    format!("this token is for user {sub}, not the ?user_id= given"),
+                );
+                return refuse(&err);
+            }
+            // None only when exp is centuries away.
+            let deadline = Instant::now().checked_add(identity.remaining());
+            (Some(identity.user), deadline)
+        }
+        None => (asked, None),
+    };
+    let mut session = WsSession::new(node.into_inner(), user);
+    session.token_deadline = token_deadline;
     let max = session.node.config.max_frame_bytes;
     ws::WsResponseBuilder::new(session, &req, stream)
         .frame_size(max)
@@ -62,6 +100,9 @@ pub struct WsSession {
     last_heard: Instant,
     rate: RateLimit,
     outbound: Arc<Outbound>,
+    /// Token mode: when the token (with the leeway) expires; the
+    /// connection closes with 4001 then.
+    token_deadline: Option<Instant>,
 }
 
 impl WsSession {
@@ -78,6 +119,7 @@ impl WsSession {
                 strikes: 0,
             },
             outbound: Arc::default(),
+            token_deadline: None,
         }
     }
 
@@ -222,6 +264,17 @@ impl Actor for WsSession {
         self.node.metrics.connections_total.inc();
         self.hello(ctx);
         self.heartbeat(ctx);
+        if let Some(deadline) = self.token_deadline {
+            let left = deadline.saturating_duration_since(Instant::now());
+            ctx.run_later(left, |act, ctx| {
+                log::debug!("closing {:?}: its token expired", act.conn);
+                ctx.close(Some(CloseReason {
+                    code: CloseCode::Other(crate::auth::CLOSE_TOKEN_EXPIRED),
+                    description: Some(crate::auth::TOKEN_EXPIRED_REASON.into()),
+                }));
+                ctx.stop();
+            });
+        }
         let connect = Connect {
             addr: ctx.address().recipient(),
             user: self.user.clone(),

@@ -6,13 +6,13 @@ mod rest;
 
 use std::time::Duration;
 
-use actix_web::http::StatusCode;
-use actix_web::{web, HttpResponse};
+use actix_web::http::{header, StatusCode};
+use actix_web::{web, HttpRequest, HttpResponse};
 use serde_json::{json, Value};
 
 use crate::metrics::CONTENT_TYPE as METRICS_CONTENT_TYPE;
 use crate::node::NodeContext;
-use crate::protocol::{error_json, ProtoError, RoomName};
+use crate::protocol::{error_json, ErrorCode, ProtoError, RoomName, UserId};
 use crate::session;
 
 /// How long `/health` waits for each service.
@@ -69,11 +69,49 @@ async fn metrics(node: web::Data<NodeContext>) -> HttpResponse {
         .body(node.metrics.render())
 }
 
-/// An error in the protocol's shape, with the HTTP status of its code.
+/// An error in the protocol's shape, with the HTTP status of its code. A
+/// 401 carries `WWW-Authenticate: Bearer` (RFC 6750).
 pub(crate) fn error_response(err: &ProtoError, room: Option<&RoomName>) -> HttpResponse {
     let status =
         StatusCode::from_u16(err.code.http_status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
-    HttpResponse::build(status)
+    let mut response = HttpResponse::build(status);
+    match err.code {
+        ErrorCode::TokenMissing => {
+            response.insert_header((header::WWW_AUTHENTICATE, r#"Bearer realm="confab""#));
+        }
+        ErrorCode::TokenExpired | ErrorCode::TokenInvalid => {
+            response.insert_header((
+                header::WWW_AUTHENTICATE,
+                r#"Bearer realm="confab", error="invalid_token""#,
+            ));
+        }
+        _ => {}
+    }
+    response
         .content_type("application/json")
         .body(error_json(None, err, room))
+}
+
+/// The user a REST request speaks for: in token mode the subject of its
+/// `Authorization: Bearer` token (else a 401 to send back), in open mode
+/// `None`. The token is never logged.
+pub(crate) fn rest_user(
+    req: &HttpRequest,
+    node: &NodeContext,
+) -> Result<Option<UserId>, HttpResponse> {
+    let Some(auth) = node.config.auth.as_ref() else {
+        return Ok(None);
+    };
+    match auth.authenticate_rest(req) {
+        Ok(identity) => Ok(Some(identity.user)),
+        Err(e) => {
+            log::debug!(
+                "refused {} {}: {}",
+                req.method(),
+                req.path(),
+                e.code.as_str()
+            );
+            Err(error_response(&e, None))
+        }
+    }
 }

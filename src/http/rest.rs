@@ -7,11 +7,11 @@ use std::collections::HashMap;
 use std::time::Duration;
 
 use actix_web::http::StatusCode;
-use actix_web::{web, HttpResponse};
+use actix_web::{web, HttpRequest, HttpResponse};
 use serde_json::Value;
 use tokio::sync::oneshot;
 
-use super::error_response;
+use super::{error_response, rest_user};
 use crate::history;
 use crate::messages::{ListRooms, Post};
 use crate::node::NodeContext;
@@ -28,7 +28,10 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
         .route("/rooms/{room}/messages", web::post().to(post_message));
 }
 
-async fn rooms(node: web::Data<NodeContext>) -> HttpResponse {
+async fn rooms(req: HttpRequest, node: web::Data<NodeContext>) -> HttpResponse {
+    if let Err(refused) = rest_user(&req, &node) {
+        return refused;
+    }
     match node.server.send(ListRooms).await {
         Ok(rooms) => HttpResponse::Ok().json(rooms),
         Err(e) => {
@@ -38,12 +41,18 @@ async fn rooms(node: web::Data<NodeContext>) -> HttpResponse {
     }
 }
 
-/// `GET /rooms/{room}/events?since=&before=&limit=`: a `history` page.
+/// `GET /rooms/{room}/events?since=&before=&limit=`: a `history` page; in
+/// token mode only for a member (the token's user).
 async fn events(
+    req: HttpRequest,
     node: web::Data<NodeContext>,
     path: web::Path<String>,
     query: web::Query<HashMap<String, String>>,
 ) -> HttpResponse {
+    let reader = match rest_user(&req, &node) {
+        Ok(user) => user,
+        Err(refused) => return refused,
+    };
     let room = match RoomName::parse(&path) {
         Ok(r) => r,
         Err(e) => return error_response(&e, None),
@@ -56,7 +65,15 @@ async fn events(
         Ok(c) => c,
         Err(e) => return error_response(&e, Some(&room)),
     };
-    match history::read(&*node.store, &node.metrics, &room, None, command.range).await {
+    match history::read(
+        &*node.store,
+        &node.metrics,
+        &room,
+        reader.as_ref(),
+        command.range,
+    )
+    .await
+    {
         Ok(page) => HttpResponse::Ok().content_type("application/json").body(
             Reply::History {
                 reference: None,
@@ -71,12 +88,18 @@ async fn events(
 }
 
 /// `POST /rooms/{room}/messages` with `{"user_id","message","client_msg_id"?}`:
-/// appends like a WebSocket `message`.
+/// appends like a WebSocket `message`. In token mode the user is the
+/// token's; a `user_id` in the body must be absent or the same.
 async fn post_message(
+    req: HttpRequest,
     node: web::Data<NodeContext>,
     path: web::Path<String>,
     body: web::Bytes,
 ) -> HttpResponse {
+    let token_user = match rest_user(&req, &node) {
+        Ok(user) => user,
+        Err(refused) => return refused,
+    };
     let room = match RoomName::parse(&path) {
         Ok(r) => r,
         Err(e) => return error_response(&e, None),
@@ -91,7 +114,17 @@ async fn post_message(
         max_message_chars: node.config.max_message_chars,
     };
     let parsed = fields.user_id().and_then(|user| {
-        let user = user.ok_or_else(|| ProtoError::invalid_field("user_id is required"))?;
+        let user = match (user, token_user) {
+            (Some(user), Some(token)) if user != token => {
+                return Err(ProtoError::new(
+                    ErrorCode::UserMismatch,
+                    format!("this token speaks for user {token}"),
+                ))
+            }
+            (_, Some(token)) => token,
+            (Some(user), None) => user,
+            (None, None) => return Err(ProtoError::invalid_field("user_id is required")),
+        };
         Ok((user, SendMessage::parse(&fields, limits)?))
     });
     let (user, message) = match parsed {

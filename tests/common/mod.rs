@@ -298,6 +298,99 @@ pub async fn http(addr: &str, method: &str, path: &str, body: Option<&Value>) ->
     (status, body.to_string())
 }
 
+/// One HTTP/1.1 request with extra headers (one connection, closed after
+/// it); returns the status, the response head (lowercase) and the body.
+pub async fn http_with(
+    addr: &str,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: Option<&Value>,
+) -> (u16, String, String) {
+    let mut stream = TcpStream::connect(addr).await.expect("connect http");
+    let body = body.map(|b| b.to_string()).unwrap_or_default();
+    let extra: String = headers
+        .iter()
+        .map(|(k, v)| format!("{k}: {v}\r\n"))
+        .collect();
+    let req = format!(
+        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n{extra}\
+         Content-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
+    );
+    stream.write_all(req.as_bytes()).await.expect("write http");
+    let mut raw = Vec::new();
+    tokio::time::timeout(FRAME_TIMEOUT, stream.read_to_end(&mut raw))
+        .await
+        .expect("http response in time")
+        .expect("read http");
+    split_response(&String::from_utf8_lossy(&raw))
+}
+
+fn split_response(text: &str) -> (u16, String, String) {
+    let (head, body) = text.split_once("\r\n\r\n").unwrap_or((text, ""));
+    let status = head
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| panic!("bad http response: {text}"));
+    (status, head.to_lowercase(), body.to_string())
+}
+
+/// A WebSocket handshake (`GET path` with the upgrade headers and `headers`)
+/// over a raw socket: the status, the response head (lowercase) and, when
+/// the server refused, the body (read by its Content-Length).
+pub async fn ws_handshake(
+    addr: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+) -> (u16, String, String) {
+    let mut stream = TcpStream::connect(addr).await.expect("connect");
+    let extra: String = headers
+        .iter()
+        .map(|(k, v)| format!("{k}: {v}\r\n"))
+        .collect();
+    let req = format!(
+        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+         Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n{extra}\r\n"
+    );
+    stream
+        .write_all(req.as_bytes())
+        .await
+        .expect("write handshake");
+    let mut raw = Vec::new();
+    let read = async {
+        let mut buf = [0u8; 4096];
+        loop {
+            let n = stream.read(&mut buf).await.expect("read handshake");
+            raw.extend_from_slice(&buf[..n]);
+            let text = String::from_utf8_lossy(&raw).to_string();
+            if let Some((head, body)) = text.split_once("\r\n\r\n") {
+                let len = head
+                    .lines()
+                    .find_map(|l| {
+                        let (k, v) = l.split_once(':')?;
+                        if k.eq_ignore_ascii_case("content-length") {
+                            v.trim().parse::<usize>().ok()
+                        } else {
+                            None
+                        }
+                    })
+                    .unwrap_or(0);
+                if head.starts_with("HTTP/1.1 101") || body.len() >= len || n == 0 {
+                    return;
+                }
+            } else if n == 0 {
+                return;
+            }
+        }
+    };
+    tokio::time::timeout(FRAME_TIMEOUT, read)
+        .await
+        .expect("handshake answer in time");
+    split_response(&String::from_utf8_lossy(&raw))
+}
+
 /// A WebSocket client speaking the protocol.
 pub struct Client {
     ws: WebSocketStream<MaybeTlsStream<TcpStream>>,
@@ -308,6 +401,30 @@ pub struct Client {
 impl Client {
     pub async fn connect(url: &str) -> Client {
         let (ws, _) = tokio::time::timeout(FRAME_TIMEOUT, tokio_tungstenite::connect_async(url))
+            .await
+            .expect("connect in time")
+            .unwrap_or_else(|e| panic!("connect {url}: {e}"));
+        let mut c = Client {
+            ws,
+            hello: Value::Null,
+            next_ref: 0,
+        };
+        c.hello = c.recv().await;
+        assert_eq!(c.hello["type"], "hello", "first frame: {}", c.hello);
+        c
+    }
+
+    /// Connects with extra handshake headers (`Authorization`, `Origin`, ...).
+    pub async fn connect_with(url: &str, headers: &[(&str, &str)]) -> Client {
+        use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+        use tokio_tungstenite::tungstenite::http::HeaderName;
+        let mut req = url.into_client_request().expect("request");
+        for (k, v) in headers {
+            let name = HeaderName::from_bytes(k.as_bytes()).expect("header name");
+            req.headers_mut()
+                .insert(name, v.parse().expect("header value"));
+        }
+        let (ws, _) = tokio::time::timeout(FRAME_TIMEOUT, tokio_tungstenite::connect_async(req))
             .await
             .expect("connect in time")
             .unwrap_or_else(|e| panic!("connect {url}: {e}"));
@@ -377,6 +494,23 @@ impl Client {
                 .expect("close in time");
             match msg {
                 Some(Ok(Message::Close(frame))) => return frame.map(|f| u16::from(f.code)),
+                Some(Ok(_)) => continue,
+                Some(Err(_)) | None => return None,
+            }
+        }
+    }
+
+    /// Reads until the server closes; returns the close code and reason
+    /// (None for a drop without a close frame).
+    pub async fn close_frame(&mut self) -> Option<(u16, String)> {
+        loop {
+            let msg = tokio::time::timeout(FRAME_TIMEOUT * 3, self.ws.next())
+                .await
+                .expect("close in time");
+            match msg {
+                Some(Ok(Message::Close(frame))) => {
+                    return frame.map(|f| (u16::from(f.code), f.reason.to_string()))
+                }
                 Some(Ok(_)) => continue,
                 Some(Err(_)) | None => return None,
             }

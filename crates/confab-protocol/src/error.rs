@@ -21,6 +21,14 @@ pub enum ErrorCode {
     Unavailable,
     UnsupportedFrame,
     Internal,
+    /// Token mode: the handshake or REST request carries no token.
+    TokenMissing,
+    /// Token mode: the token's `exp` (plus the leeway) is past.
+    TokenExpired,
+    /// Token mode: the token is malformed, badly signed, or its claims do not check out.
+    TokenInvalid,
+    /// `ALLOWED_ORIGINS`: the handshake's `Origin` is not listed.
+    OriginNotAllowed,
 }
 
 impl ErrorCode {
@@ -39,6 +47,10 @@ impl ErrorCode {
             ErrorCode::Unavailable => "unavailable",
             ErrorCode::UnsupportedFrame => "unsupported_frame",
             ErrorCode::Internal => "internal",
+            ErrorCode::TokenMissing => "token_missing",
+            ErrorCode::TokenExpired => "token_expired",
+            ErrorCode::TokenInvalid => "token_invalid",
+            ErrorCode::OriginNotAllowed => "origin_not_allowed",
         }
     }
 
@@ -46,7 +58,8 @@ impl ErrorCode {
     pub fn http_status(self) -> u16 {
         match self {
             ErrorCode::NoSuchRoom => 404,
-            ErrorCode::NotAMember | ErrorCode::UserMismatch => 403,
+            ErrorCode::NotAMember | ErrorCode::UserMismatch | ErrorCode::OriginNotAllowed => 403,
+            ErrorCode::TokenMissing | ErrorCode::TokenExpired | ErrorCode::TokenInvalid => 401,
             ErrorCode::RoomExists => 409,
             ErrorCode::RateLimited => 429,
             ErrorCode::Unavailable => 503,
