@@ -39,7 +39,7 @@ pub async fn upgrade(
     query: web::Query<std::collections::HashMap<String, String>>,
 ) -> actix_web::Result<HttpResponse> {
     let refuse = |err: &ProtoError| {
-        let peer = req.peer_addr();
+        let peer = req.peer_addr().map_or_else(String::new, |a| a.to_string());
         let code = err.code.as_str();
         log::debug!("refused a WebSocket handshake from {peer:?}: {code}");
         Ok(crate::http::error_response(err, None))
