@@ -41,7 +41,7 @@ pub async fn upgrade(
     let refuse = |err: &ProtoError| {
         let peer = req.peer_addr().map_or_else(String::new, |a| a.to_string());
         let code = err.code.as_str();
-        log::debug!("refused a WebSocket handshake from {peer:?}: {code}");
+        log::debug!("refused a WebSocket handshake from {peer}: {code}");
         Ok(crate::http::error_response(err, None))
     };
     if let Err(e) = crate::auth::check_origin(node.config.allowed_origins.as_ref(), &req) {
