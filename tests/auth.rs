@@ -206,10 +206,10 @@ async fn public_keys_verify_rs256_and_eddsa() {
         let (status, code, _) =
             refusal(ws_handshake(&node.addr, &format!("/ws?token={confused}"), &[]).await);
         assert_eq!((status, code.as_str()), (401, "token_invalid"), "{alg:?}");
-        assert!(node
-            .log_lines()
-            .iter()
-            .any(|l| l.contains(&format!("token mode: {alg:?}"))));
+        node.wait_for_log(&[&format!(
+            "token mode: {alg:?} tokens verified with AUTH_PUBLIC_KEY="
+        )])
+        .await;
     }
 }
 
@@ -350,17 +350,16 @@ async fn the_token_never_reaches_a_log_line() {
     .await;
     assert_eq!(status, 200);
     drop(c);
+    // Refusals are logged (without the token); the second one is the last thing logged.
+    node.wait_for_log(&["refused a WebSocket handshake", "token_expired"])
+        .await;
+    node.wait_for_log(&["refused a WebSocket handshake", "token_invalid"])
+        .await;
     tokio::time::sleep(Duration::from_millis(300)).await;
     let lines = node.log_lines();
     assert!(
         lines.iter().filter(|l| l.contains("TRACE")).count() > 20,
         "RUST_LOG=trace should log plenty"
-    );
-    assert!(
-        lines
-            .iter()
-            .any(|l| l.contains("refused a WebSocket handshake")),
-        "refusals are logged (without the token)"
     );
     for t in [&good, &expired] {
         let signature = t.rsplit('.').next().unwrap();
@@ -432,17 +431,25 @@ fn base64_decode(s: &str) -> Vec<u8> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn open_mode_beyond_loopback_warns_at_start() {
+    const WARNING: &str = "anyone who can reach this port can speak as any user";
     let wide = TestNode::start_with(Backend::Sqlite, &[("HOST", "0.0.0.0")]).await;
-    let warned = |n: &TestNode| {
-        n.log_lines()
-            .iter()
-            .any(|l| l.contains("WARN") && l.contains("anyone who can reach this port"))
-    };
-    assert!(warned(&wide), "{:?}", wide.log_lines());
+    wide.wait_for_log(&["WARN", "open mode on 0.0.0.0:", WARNING])
+        .await;
+    // The origins line comes after the mode's: once it is there, a warning would be too.
+    let quiet = |n: &TestNode| !n.log_lines().iter().any(|l| l.contains(WARNING));
     let local = TestNode::start(Backend::Sqlite).await;
-    assert!(!warned(&local), "{:?}", local.log_lines());
+    local
+        .wait_for_log(&["WebSocket handshakes from web pages"])
+        .await;
+    local
+        .wait_for_log(&["open mode: clients choose their user_id"])
+        .await;
+    assert!(quiet(&local));
     let tokens = token_node(Backend::Sqlite, &[("HOST", "0.0.0.0")]).await;
-    assert!(!warned(&tokens), "{:?}", tokens.log_lines());
+    tokens
+        .wait_for_log(&["WebSocket handshakes from web pages"])
+        .await;
+    assert!(quiet(&tokens));
 }
 
 #[test]
