@@ -117,14 +117,22 @@ settings! {
     rate_limit_burst: "RATE_LIMIT_BURST" = "100";
     /// Refused commands in a row after which the connection closes with 1008.
     rate_limit_close_after: "RATE_LIMIT_CLOSE_AFTER" = "50";
-    /// Frames queued for one socket before it is evicted (4000).
+    /// Messages (each up to 64 frames) a session's mailbox holds; a full
+    /// mailbox evicts the connection (4000).
     session_mailbox: "SESSION_MAILBOX" = "4096";
+    /// Bytes the node holds for one connection, not yet written to its
+    /// socket; past it the connection is evicted (4000).
+    outbound_max_bytes: "OUTBOUND_MAX_BYTES" = "1048576";
+    /// Rooms one connection may be subscribed to (too_many_rooms past it).
+    max_rooms_per_connection: "MAX_ROOMS_PER_CONNECTION" = "500";
     /// HTTP write buffer per connection, in bytes.
     write_buffer_bytes: "WRITE_BUFFER_BYTES" = "32768";
     /// Seconds of unacknowledged data after which the kernel drops a peer.
     tcp_user_timeout_secs: "TCP_USER_TIMEOUT_SECS" = "30";
     /// Appends waiting for the event writer (full: unavailable).
     writer_queue: "WRITER_QUEUE" = "50000";
+    /// Bytes of appends waiting for the event writer (full: unavailable).
+    writer_queue_bytes: "WRITER_QUEUE_BYTES" = "67108864";
     /// Most appends committed in one transaction.
     writer_batch_max: "WRITER_BATCH_MAX" = "2000";
     /// On SIGTERM, seconds to wait for workers and for the writer.
@@ -234,12 +242,16 @@ pub struct Config {
     pub rate_burst: u32,
     /// Rejected commands in a row after which a connection is closed with 1008.
     pub rate_close_after: u32,
-    /// Frames the server may queue for one socket before it is evicted (4000).
+    /// Messages a session's mailbox holds before it is evicted (4000).
     pub session_mailbox: usize,
+    /// Bytes the node may hold for one connection before it is evicted (4000).
+    pub outbound_max_bytes: usize,
+    pub max_rooms_per_connection: usize,
     /// HTTP write buffer per connection, bytes.
     pub write_buffer_bytes: usize,
     pub tcp_user_timeout: Duration,
     pub writer_queue: usize,
+    pub writer_queue_bytes: usize,
     pub writer_batch_max: usize,
     pub shutdown_timeout: Duration,
 }
@@ -295,14 +307,29 @@ impl Config {
             rate_burst: parse(s, "RATE_LIMIT_BURST")?,
             rate_close_after: parse(s, "RATE_LIMIT_CLOSE_AFTER")?,
             session_mailbox: parse(s, "SESSION_MAILBOX")?,
+            outbound_max_bytes: parse(s, "OUTBOUND_MAX_BYTES")?,
+            max_rooms_per_connection: parse(s, "MAX_ROOMS_PER_CONNECTION")?,
             write_buffer_bytes: parse(s, "WRITE_BUFFER_BYTES")?,
             tcp_user_timeout: secs("TCP_USER_TIMEOUT_SECS")?,
             writer_queue: parse(s, "WRITER_QUEUE")?,
+            writer_queue_bytes: parse(s, "WRITER_QUEUE_BYTES")?,
             writer_batch_max: parse(s, "WRITER_BATCH_MAX")?,
             shutdown_timeout: secs("SHUTDOWN_TIMEOUT_SECS")?,
         };
         config.check()?;
         Ok(config)
+    }
+
+    /// The most event JSON one `history` page carries: a quarter of the
+    /// outbound bound, so that a page never gets its reader evicted.
+    pub fn history_max_bytes(&self) -> usize {
+        self.outbound_max_bytes / 4
+    }
+
+    /// The most event JSON one replay sends: half the outbound bound. A
+    /// resume that would need more answers `recovered: false`.
+    pub fn replay_max_bytes(&self) -> usize {
+        self.outbound_max_bytes / 2
     }
 
     fn check(&self) -> Result<()> {
@@ -315,6 +342,10 @@ impl Config {
             ("RATE_LIMIT_PER_SEC", u64::from(self.rate_per_sec)),
             ("RATE_LIMIT_BURST", u64::from(self.rate_burst)),
             ("SESSION_MAILBOX", self.session_mailbox as u64),
+            (
+                "MAX_ROOMS_PER_CONNECTION",
+                self.max_rooms_per_connection as u64,
+            ),
             ("WRITER_QUEUE", self.writer_queue as u64),
             ("WRITER_BATCH_MAX", self.writer_batch_max as u64),
         ];
@@ -322,6 +353,15 @@ impl Config {
             if value == 0 {
                 bail!("{name} must be greater than 0");
             }
+        }
+        // The bound must hold the largest frame the node sends: a history
+        // page is cut at a quarter of it, a message is at most 4 bytes a character.
+        let min_outbound = (64 * 1024).max(4 * self.max_message_chars + 4096) * 4;
+        if self.outbound_max_bytes < min_outbound {
+            bail!("OUTBOUND_MAX_BYTES must be at least {min_outbound} (4 x the largest frame)");
+        }
+        if self.writer_queue_bytes < self.outbound_max_bytes {
+            bail!("WRITER_QUEUE_BYTES must be at least OUTBOUND_MAX_BYTES");
         }
         if self.client_timeout <= self.heartbeat_interval {
             bail!("CLIENT_TIMEOUT_SECS must be greater than HEARTBEAT_INTERVAL_SECS");
@@ -374,7 +414,10 @@ fn bus_key(s: &Settings) -> Result<Option<crate::protocol::BusKey>> {
     match s.get("BUS_SECRET") {
         None => Ok(None),
         Some(secret) if secret.len() < 32 => {
-            bail!("BUS_SECRET must be at least 32 bytes (it is {})", secret.len())
+            bail!(
+                "BUS_SECRET must be at least 32 bytes (it is {})",
+                secret.len()
+            )
         }
         Some(secret) => Ok(Some(crate::protocol::BusKey::new(secret.as_bytes()))),
     }

@@ -23,25 +23,44 @@ use crate::store::{AppendOutcome, AppendRequest};
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct ConnId(pub u64);
 
+/// What a frame costs the node beyond its text while it waits for a socket
+/// (the `ByteString`'s header and its share of a mailbox message), counted
+/// so that many tiny frames are bounded too.
+pub const FRAME_OVERHEAD: usize = 64;
+
+/// Consecutive frames (a room's events, or a connection's replies), shared
+/// by every recipient, with what they count against a connection's bound.
+#[derive(Debug, Default)]
+pub struct Frames {
+    pub frames: Vec<ByteString>,
+    pub bytes: usize,
+}
+
+impl Frames {
+    pub fn new(frames: Vec<ByteString>) -> Frames {
+        let bytes = frames.iter().map(|f| f.len() + FRAME_OVERHEAD).sum();
+        Frames { frames, bytes }
+    }
+}
+
 /// What the ChatServer sends a session.
 #[derive(Message, Clone)]
 #[rtype(result = "()")]
 pub enum Deliver {
     /// One text frame.
     Frame(ByteString),
-    /// Consecutive frames (a room's events, or a connection's replies),
-    /// shared by every recipient.
-    Frames(Arc<[ByteString]>),
+    /// Consecutive frames, shared.
+    Frames(Arc<Frames>),
     /// The node is shutting down: close with 1001.
     Shutdown,
 }
 
 impl Deliver {
-    /// How many frames this message puts on the socket.
-    pub fn frames(&self) -> usize {
+    /// What this message counts against the connection's `OUTBOUND_MAX_BYTES`.
+    pub fn bytes(&self) -> usize {
         match self {
-            Deliver::Frame(_) => 1,
-            Deliver::Frames(f) => f.len(),
+            Deliver::Frame(f) => f.len() + FRAME_OVERHEAD,
+            Deliver::Frames(f) => f.bytes,
             Deliver::Shutdown => 0,
         }
     }
@@ -56,7 +75,8 @@ pub struct Outbound {
     /// Set when the node shuts down and the `Shutdown` message found the
     /// mailbox full; the session closes with 1001 when it next runs.
     pub shutdown: AtomicBool,
-    /// Frames queued in the session's mailbox and not yet taken by it.
+    /// Bytes queued for the session and not yet taken by it (frames' text
+    /// plus [`FRAME_OVERHEAD`] each).
     pub queued: AtomicUsize,
 }
 

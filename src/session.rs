@@ -311,7 +311,7 @@ impl Handler<Deliver> for WsSession {
     fn handle(&mut self, msg: Deliver, ctx: &mut Self::Context) {
         self.outbound
             .queued
-            .fetch_sub(msg.frames(), Ordering::Relaxed);
+            .fetch_sub(msg.bytes(), Ordering::Relaxed);
         if self.outbound.evicted.load(Ordering::Relaxed) {
             ctx.close(Some(CloseReason {
                 code: CloseCode::Other(CLOSE_SLOW_CONSUMER),
@@ -326,7 +326,7 @@ impl Handler<Deliver> for WsSession {
         match msg {
             Deliver::Frame(frame) => ctx.text(frame),
             Deliver::Frames(frames) => {
-                for frame in frames.iter() {
+                for frame in frames.frames.iter() {
                     ctx.text(frame.clone());
                 }
             }

@@ -15,6 +15,7 @@
 //! still the commit order. When the store itself failed (unreachable, a pool
 //! timeout), the whole batch gets `unavailable` at once.
 
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -32,20 +33,54 @@ pub struct AppendJob {
     pub origin: Origin,
 }
 
-/// The sending side of the writer's queue.
+impl AppendJob {
+    /// What the job counts against `WRITER_QUEUE_BYTES`: its texts and a
+    /// fixed share for the rest.
+    fn bytes(&self) -> usize {
+        let r = &self.request;
+        let op = match &r.op {
+            AppendOp::Message {
+                text,
+                client_msg_id,
+            } => text.len() + client_msg_id.as_ref().map_or(0, String::len),
+            _ => 0,
+        };
+        r.room.as_str().len() + r.user.as_str().len() + op + 128
+    }
+}
+
+/// The sending side of the writer's queue, bounded in jobs and in bytes.
 #[derive(Clone)]
 pub struct WriterHandle {
     tx: mpsc::Sender<AppendJob>,
+    queued_bytes: Arc<AtomicUsize>,
+    max_bytes: usize,
 }
 
 impl WriterHandle {
-    /// Queues a job, or gives it back when the queue is full or the writer gone.
+    /// Queues a job, or gives it back when the queue is full (in jobs or in
+    /// bytes) or the writer gone.
     #[allow(clippy::result_large_err)] // the job is handed back, not boxed: no allocation on the hot path
     pub fn try_append(&self, job: AppendJob) -> Result<(), AppendJob> {
-        self.tx.try_send(job).map_err(|e| match e {
-            mpsc::error::TrySendError::Full(j) | mpsc::error::TrySendError::Closed(j) => j,
+        let bytes = job.bytes();
+        if self.queued_bytes.load(Ordering::Relaxed) + bytes > self.max_bytes {
+            return Err(job);
+        }
+        self.queued_bytes.fetch_add(bytes, Ordering::Relaxed);
+        self.tx.try_send(job).map_err(|e| {
+            self.queued_bytes.fetch_sub(bytes, Ordering::Relaxed);
+            match e {
+                mpsc::error::TrySendError::Full(j) | mpsc::error::TrySendError::Closed(j) => j,
+            }
         })
     }
+}
+
+/// How much the writer's queue holds at most.
+#[derive(Debug, Clone, Copy)]
+pub struct QueueBounds {
+    pub jobs: usize,
+    pub bytes: usize,
 }
 
 /// Starts the writer task. It ends when every [`WriterHandle`] is dropped and
@@ -53,18 +88,26 @@ impl WriterHandle {
 pub fn spawn(
     store: Arc<dyn EventStore>,
     node: String,
-    queue: usize,
+    queue: QueueBounds,
     batch_max: usize,
     sink: Recipient<Committed>,
     metrics: Arc<Metrics>,
 ) -> (WriterHandle, tokio::task::JoinHandle<()>) {
-    let (tx, mut rx) = mpsc::channel::<AppendJob>(queue);
+    let (tx, mut rx) = mpsc::channel::<AppendJob>(queue.jobs);
+    let queued_bytes = Arc::new(AtomicUsize::new(0));
+    let handle = WriterHandle {
+        tx,
+        queued_bytes: queued_bytes.clone(),
+        max_bytes: queue.bytes,
+    };
     let task = tokio::spawn(async move {
         let mut jobs = Vec::with_capacity(batch_max);
         loop {
             if rx.recv_many(&mut jobs, batch_max).await == 0 {
                 break;
             }
+            let taken: usize = jobs.iter().map(AppendJob::bytes).sum();
+            queued_bytes.fetch_sub(taken, Ordering::Relaxed);
             let (origins, requests): (Vec<Origin>, Vec<AppendRequest>) =
                 jobs.drain(..).map(|j| (j.origin, j.request)).unzip();
             let started = Instant::now();
@@ -87,7 +130,7 @@ pub fn spawn(
             }
         }
     });
-    (WriterHandle { tx }, task)
+    (handle, task)
 }
 
 /// Appends one batch and gives each request its outcome, in order.

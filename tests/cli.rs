@@ -134,7 +134,9 @@ fn migrate_creates_the_store_and_exits() {
     assert!(out.status.success(), "{out:?}");
     let conn = rusqlite::Connection::open(&db).unwrap();
     let applied: i64 = conn
-        .query_row("SELECT count(*) FROM refinery_schema_history", [], |r| r.get(0))
+        .query_row("SELECT count(*) FROM refinery_schema_history", [], |r| {
+            r.get(0)
+        })
         .unwrap();
     assert!(applied >= 1);
     let events: i64 = conn

@@ -255,3 +255,205 @@ async fn a_full_writer_queue_answers_unavailable_and_stores_nothing_of_it() {
         .collect();
     assert_eq!(stored, acked, "exactly the acked messages are stored");
 }
+
+/// The node's resident memory, from /proc.
+fn rss_bytes(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("/proc status");
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+        .map(|kb| kb * 1024)
+        .expect("VmRSS")
+}
+
+/// What one connection may cost the node at most (docs/protocol.md, "Slow
+/// consumers"): twice the outbound bound plus the write buffer.
+const WORST_PER_CONNECTION: u64 = 2 * 1_048_576 + 64 * 1024;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_hundred_clients_that_stop_reading_cost_a_bounded_number_of_bytes() {
+    const SLOW: usize = 200;
+    const N: usize = 3000;
+    let node = TestNode::start(Backend::Sqlite).await;
+    let mut poster = node.client().await;
+    poster
+        .ok(json!({"user_id":"p","type":"create","room":"r"}))
+        .await;
+    let mut healthy = node.client().await;
+    healthy
+        .ok(json!({"user_id":"h","type":"join","room":"r"}))
+        .await;
+    let mut slow = Vec::new();
+    for i in 0..SLOW {
+        // A 4 KiB receive buffer: the kernel stops taking data almost at once.
+        let mut c = Client::connect_small_buffer(&node.addr, 4096).await;
+        c.ok(json!({"user_id":format!("s{i}"),"type":"join","room":"r"}))
+            .await;
+        slow.push(c);
+    }
+    // The joins' events reach the poster and the healthy reader first.
+    let start = rss_bytes(node.pid());
+    let pid = node.pid();
+    let peak = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(start));
+    let sampler = {
+        let peak = peak.clone();
+        tokio::spawn(async move {
+            loop {
+                peak.fetch_max(rss_bytes(pid), std::sync::atomic::Ordering::Relaxed);
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        })
+    };
+    let reader = tokio::spawn(async move {
+        let mut seqs = Vec::new();
+        while seqs.len() < N {
+            let f = healthy.recv().await;
+            if f["type"] == "message" {
+                seqs.push(f["seq"].as_i64().unwrap());
+            }
+        }
+        seqs
+    });
+    // 12 MB in all: 3,000 messages of 4,000 characters, ten in flight at a time.
+    let text = "x".repeat(4000);
+    for window in 0..N / 10 {
+        for k in 0..10 {
+            poster
+                .send(json!({"type":"message","room":"r","message":text,"ref":window * 10 + k}))
+                .await;
+        }
+        let mut acks = 0;
+        while acks < 10 {
+            let f = poster.recv().await;
+            assert_ne!(f["type"], "error", "{f}");
+            if f["type"] == "ack" {
+                acks += 1;
+            }
+        }
+    }
+    let seqs = tokio::time::timeout(Duration::from_secs(120), reader)
+        .await
+        .expect("the reading member gets every message in time")
+        .unwrap();
+    let first = seqs[0];
+    assert_eq!(
+        seqs,
+        (first..first + N as i64).collect::<Vec<_>>(),
+        "every message once and in order"
+    );
+    sampler.abort();
+    let growth = peak
+        .load(std::sync::atomic::Ordering::Relaxed)
+        .saturating_sub(start);
+    eprintln!(
+        "RSS {} MiB at the start, peak growth {:.1} MiB for {SLOW} stopped readers \
+         (bound {:.0} MiB)",
+        start >> 20,
+        growth as f64 / 1048576.0,
+        (SLOW as u64 * WORST_PER_CONNECTION) as f64 / 1048576.0
+    );
+    assert!(
+        growth < SLOW as u64 * WORST_PER_CONNECTION,
+        "RSS grew by {growth} bytes"
+    );
+    let (_, metrics) = node.http("GET", "/metrics", None).await;
+    let evicted = metrics
+        .lines()
+        .find(|l| l.starts_with("confab_evictions_total"))
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse::<usize>().ok());
+    assert_eq!(evicted, Some(SLOW), "every stopped reader was evicted");
+    // Each stopped reader finds, after what its buffers held, a 4000 close.
+    let closes = futures_util::future::join_all(slow.iter_mut().map(|c| c.closed())).await;
+    assert!(closes.iter().all(|c| *c == Some(4000)), "{closes:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn history_and_replays_never_get_their_reader_evicted() {
+    // The smallest bound the default limits allow: history pages stop at
+    // 64 KiB, replays at 128 KiB.
+    let node = TestNode::start_with(Backend::Sqlite, &[("OUTBOUND_MAX_BYTES", "262144")]).await;
+    let mut c = node.client().await;
+    c.ok(json!({"user_id":"u","type":"create","room":"big"}))
+        .await;
+    let text = "y".repeat(4000);
+    for i in 0..60 {
+        c.ok(json!({"type":"message","room":"big","message":text,"client_msg_id":format!("m{i}")}))
+            .await;
+    }
+    // 61 events, about 250 KB: a page of 100 stops early and says more.
+    let page = c
+        .reply(json!({"type":"history","room":"big","limit":100}))
+        .await;
+    let events = page["events"].as_array().unwrap();
+    assert!(
+        page["more"] == true && events.len() < 61,
+        "{}",
+        events.len()
+    );
+    assert_eq!(events.last().unwrap()["seq"], 61, "the newest first");
+    // Paging back reaches the start, every event once.
+    let mut seen: Vec<i64> = events.iter().map(|e| e["seq"].as_i64().unwrap()).collect();
+    while seen[0] > 1 {
+        let page = c
+            .reply(json!({"type":"history","room":"big","before":seen[0],"limit":100}))
+            .await;
+        let older: Vec<i64> = page["events"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|e| e["seq"].as_i64().unwrap())
+            .collect();
+        assert!(!older.is_empty());
+        seen.splice(0..0, older);
+    }
+    assert_eq!(seen, (1..=61).collect::<Vec<_>>());
+
+    // A resume that would not fit 128 KiB is refused whole, as past REPLAY_LIMIT.
+    let mut late = node.client().await;
+    let frames = late
+        .cmd(json!({"user_id":"u","type":"join","room":"big","since":1}))
+        .await;
+    let ack = frames.last().unwrap();
+    assert_eq!(ack["recovered"], false, "{ack}");
+    assert_eq!(ack["seq"], 61);
+    assert_eq!(frames.len(), 1, "nothing partial before the ack");
+    // One that fits is replayed.
+    let mut fits = node.client().await;
+    let frames = fits
+        .cmd(json!({"user_id":"u","type":"join","room":"big","since":55}))
+        .await;
+    assert_eq!(frames.last().unwrap()["recovered"], true);
+    assert_eq!(frames.len(), 7);
+    // And both connections are still served.
+    c.ok(json!({"type":"message","room":"big","message":"after"}))
+        .await;
+    for r in [&mut late, &mut fits] {
+        let f = r.recv().await;
+        assert_eq!(
+            (f["seq"].as_i64(), f["message"].as_str()),
+            (Some(62), Some("after"))
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_connection_in_too_many_rooms_is_refused_the_next() {
+    let node = TestNode::start_with(Backend::Sqlite, &[("MAX_ROOMS_PER_CONNECTION", "2")]).await;
+    let mut c = node.client().await;
+    c.ok(json!({"user_id":"u","type":"create","room":"a"}))
+        .await;
+    c.ok(json!({"type":"create","room":"b"})).await;
+    let e = c
+        .err(json!({"type":"create","room":"c"}), "too_many_rooms")
+        .await;
+    assert_eq!(e["room"], "c");
+    // Nothing was stored for the refused room.
+    let rooms = c.reply(json!({"type":"rooms"})).await;
+    assert_eq!(rooms["rooms"].as_array().unwrap().len(), 2);
+    // A join of a room it is in is no new room; after a leave there is space.
+    c.ok(json!({"type":"join","room":"a"})).await;
+    c.ok(json!({"type":"leave","room":"b"})).await;
+    c.ok(json!({"type":"create","room":"c"})).await;
+}

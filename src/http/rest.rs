@@ -29,8 +29,8 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
 }
 
 async fn rooms(req: HttpRequest, node: web::Data<NodeContext>) -> HttpResponse {
-    if let Err(refused) = rest_user(&req, &node) {
-        return refused;
+    if let Err(e) = rest_user(&req, &node) {
+        return error_response(&e, None);
     }
     match node.server.send(ListRooms).await {
         Ok(rooms) => HttpResponse::Ok().json(rooms),
@@ -51,7 +51,7 @@ async fn events(
 ) -> HttpResponse {
     let reader = match rest_user(&req, &node) {
         Ok(user) => user,
-        Err(refused) => return refused,
+        Err(e) => return error_response(&e, None),
     };
     let room = match RoomName::parse(&path) {
         Ok(r) => r,
@@ -71,6 +71,7 @@ async fn events(
         &room,
         reader.as_ref(),
         command.range,
+        node.config.history_max_bytes(),
     )
     .await
     {
@@ -98,7 +99,7 @@ async fn post_message(
 ) -> HttpResponse {
     let token_user = match rest_user(&req, &node) {
         Ok(user) => user,
-        Err(refused) => return refused,
+        Err(e) => return error_response(&e, None),
     };
     let room = match RoomName::parse(&path) {
         Ok(r) => r,

@@ -6,8 +6,10 @@ use actix::prelude::*;
 
 use crate::history;
 use crate::hub::ChatServer;
-use crate::messages::{Origin, Request};
-use crate::protocol::{reply_frame, Command, MemberInfo, ProtoError, Reply, RoomInfo, RoomName};
+use crate::messages::{ConnId, Origin, Request};
+use crate::protocol::{
+    reply_frame, Command, ErrorCode, MemberInfo, ProtoError, Reply, RoomInfo, RoomName,
+};
 use crate::store::{AppendOp, AppendRequest};
 use crate::writer::AppendJob;
 
@@ -38,9 +40,17 @@ impl ChatServer {
             Command::History(h) => {
                 let store = self.store.clone();
                 let metrics = self.metrics.clone();
+                let max_bytes = self.config.history_max_bytes();
                 let fut = async move {
-                    let page =
-                        history::read(&*store, &metrics, &h.room, user.as_ref(), h.range).await;
+                    let page = history::read(
+                        &*store,
+                        &metrics,
+                        &h.room,
+                        user.as_ref(),
+                        h.range,
+                        max_bytes,
+                    )
+                    .await;
                     (h.room, page)
                 };
                 ctx.spawn(
@@ -94,6 +104,16 @@ impl ChatServer {
                 return self.send(conn, frame);
             }
         };
+        if matches!(op, AppendOp::Create | AppendOp::Join) && self.at_room_limit(conn, &room) {
+            let err = ProtoError::new(
+                ErrorCode::TooManyRooms,
+                format!(
+                    "this connection is in {} rooms, the most it may be in; leave one first",
+                    self.config.max_rooms_per_connection
+                ),
+            );
+            return self.send_error(conn, reference.as_ref(), &err, Some(&room));
+        }
         // The session checks identity before it forwards a command that needs one.
         let Some(user) = user else {
             let err = ProtoError::invalid_field("user_id is required");
@@ -108,6 +128,15 @@ impl ChatServer {
                 received,
             },
         );
+    }
+
+    /// Whether a new subscription of `conn` to `room` would pass
+    /// `MAX_ROOMS_PER_CONNECTION` (checked when the command arrives; joins
+    /// already on their way to the store count once they commit).
+    fn at_room_limit(&self, conn: ConnId, room: &RoomName) -> bool {
+        self.registry.get(conn).is_some_and(|c| {
+            c.rooms.len() >= self.config.max_rooms_per_connection && !c.rooms.contains(room)
+        })
     }
 
     /// Hands an append to the writer; `unavailable` when its queue is full.

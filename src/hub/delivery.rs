@@ -37,6 +37,20 @@ impl ChatServer {
         self.push(conn, Deliver::Frame(frame));
     }
 
+    /// Sends frames to a connection now, in shared deliveries of the outbox's size.
+    pub(super) fn send_all<'a>(
+        &mut self,
+        conn: ConnId,
+        frames: impl Iterator<Item = &'a ByteString>,
+    ) {
+        if self.outbox.batching() {
+            self.flush();
+        }
+        for chunk in self.outbox.chunks(frames) {
+            self.push(conn, Deliver::Frames(chunk));
+        }
+    }
+
     /// Sends an ack or error: inside a batch, after the batch's events.
     pub(super) fn reply(&mut self, conn: ConnId, frame: ByteString) {
         if self.outbox.batching() {
@@ -54,7 +68,7 @@ impl ChatServer {
         if c.evicted() {
             return;
         }
-        match offer(c, msg, self.config.session_mailbox) {
+        match offer(c, msg, self.config.outbound_max_bytes) {
             Ok(()) => {}
             Err(SendError::Full(_)) => self.evict(conn),
             Err(SendError::Closed(_)) => self.unsubscribe_all(conn),
@@ -114,7 +128,7 @@ impl ChatServer {
             // A resume in progress takes what comes after its replay.
             if self
                 .replays
-                .hold(id, room, &events, self.config.replay_limit, &mut over)
+                .hold(id, room, &events, self.config.outbound_max_bytes, &mut over)
             {
                 if over {
                     full.push(id);
@@ -131,9 +145,9 @@ impl ChatServer {
                 match offer(
                     c,
                     Deliver::Frames(chunk.clone()),
-                    self.config.session_mailbox,
+                    self.config.outbound_max_bytes,
                 ) {
-                    Ok(()) => delivered += chunk.len() as u64,
+                    Ok(()) => delivered += chunk.frames.len() as u64,
                     Err(SendError::Full(_)) => {
                         full.push(id);
                         break;
@@ -157,7 +171,7 @@ impl ChatServer {
             // Wake the session so that it closes with 4000 even when nothing
             // else is queued for it (a replay buffer that overflowed). When
             // its mailbox is full this fails, and what is queued wakes it.
-            let _ = c.addr.try_send(Deliver::Frames(Arc::from([])));
+            let _ = c.addr.try_send(Deliver::Frames(Arc::default()));
         }
         self.unsubscribe_all(conn);
     }

@@ -84,7 +84,10 @@ impl ChatServer {
             let (writer, writer_task) = crate::writer::spawn(
                 parts.store.clone(),
                 parts.config.node_id.clone(),
-                parts.config.writer_queue,
+                crate::writer::QueueBounds {
+                    jobs: parts.config.writer_queue,
+                    bytes: parts.config.writer_queue_bytes,
+                },
                 parts.config.writer_batch_max,
                 ctx.address().recipient(),
                 parts.metrics.clone(),

@@ -4,8 +4,9 @@
 //! and replies per connection, and go out together at its end: one mailbox
 //! message per subscriber and room, holding frames shared by every recipient
 //! (serialised once). [`offer`] is the only way a frame enters a session's
-//! mailbox: it counts what is queued and refuses past the connection's bound,
-//! and the ChatServer evicts the connection then (invariant 7 in docs/architecture.md).
+//! mailbox: it counts the bytes queued and refuses past the connection's
+//! bound (`OUTBOUND_MAX_BYTES`), and the ChatServer evicts the connection
+//! then (invariant 7 in docs/architecture.md).
 
 use std::collections::HashMap;
 use std::sync::atomic::Ordering;
@@ -15,23 +16,23 @@ use actix::prelude::SendError;
 use bytestring::ByteString;
 
 use crate::hub::registry::Conn;
-use crate::messages::{ConnId, Deliver};
+use crate::messages::{ConnId, Deliver, Frames};
 use crate::protocol::{RoomName, Seq};
 
 /// Most frames in one [`Deliver::Frames`].
 pub const FRAMES_PER_DELIVERY: usize = 64;
 
-/// Queues a message for a session unless that would put more than `limit`
-/// frames in its mailbox.
-pub fn offer(c: &Conn, msg: Deliver, limit: usize) -> Result<(), SendError<Deliver>> {
-    let frames = msg.frames();
-    if c.outbound.queued.load(Ordering::Relaxed) + frames > limit {
+/// Queues a message for a session unless that would put more than
+/// `max_bytes` in its outbound path.
+pub fn offer(c: &Conn, msg: Deliver, max_bytes: usize) -> Result<(), SendError<Deliver>> {
+    let bytes = msg.bytes();
+    if c.outbound.queued.load(Ordering::Relaxed) + bytes > max_bytes {
         return Err(SendError::Full(msg));
     }
     // Counted before it is sent, so that the session's decrement never comes first.
-    c.outbound.queued.fetch_add(frames, Ordering::Relaxed);
+    c.outbound.queued.fetch_add(bytes, Ordering::Relaxed);
     c.addr.try_send(msg).inspect_err(|_| {
-        c.outbound.queued.fetch_sub(frames, Ordering::Relaxed);
+        c.outbound.queued.fetch_sub(bytes, Ordering::Relaxed);
     })
 }
 
@@ -101,7 +102,7 @@ impl Outbox {
 
     /// The replies, grouped per connection (in the order of each one's first
     /// reply), each connection's in command order and cut into deliveries.
-    pub fn take_replies(&mut self) -> Vec<(ConnId, Vec<Arc<[ByteString]>>)> {
+    pub fn take_replies(&mut self) -> Vec<(ConnId, Vec<Arc<Frames>>)> {
         let mut by_conn: HashMap<ConnId, Vec<ByteString>> = HashMap::new();
         let mut order = Vec::new();
         for (conn, frame) in self.replies.drain(..) {
@@ -123,12 +124,12 @@ impl Outbox {
     }
 
     /// Cuts frames into shared deliveries of at most the chunk size.
-    pub fn chunks<'a>(
-        &self,
-        frames: impl Iterator<Item = &'a ByteString>,
-    ) -> Vec<Arc<[ByteString]>> {
+    pub fn chunks<'a>(&self, frames: impl Iterator<Item = &'a ByteString>) -> Vec<Arc<Frames>> {
         let frames: Vec<ByteString> = frames.cloned().collect();
-        frames.chunks(self.chunk).map(Arc::from).collect()
+        frames
+            .chunks(self.chunk)
+            .map(|c| Arc::new(Frames::new(c.to_vec())))
+            .collect()
     }
 }
 
@@ -136,7 +137,7 @@ impl Outbox {
 mod tests {
     use super::*;
     use crate::hub::registry::tests::mailbox;
-    use crate::messages::Outbound;
+    use crate::messages::{Outbound, FRAME_OVERHEAD};
     use std::collections::HashSet;
 
     fn f(s: &str) -> ByteString {
@@ -159,7 +160,7 @@ mod tests {
         let a: Vec<Vec<&str>> = out[0]
             .1
             .iter()
-            .map(|d| d.iter().map(|s| &**s).collect())
+            .map(|d| d.frames.iter().map(|s| &**s).collect())
             .collect();
         assert_eq!(a, vec![vec!["a1", "a2"], vec!["a3"]]);
         assert_eq!(out[1].0, ConnId(2));
@@ -180,25 +181,35 @@ mod tests {
     }
 
     #[actix::test]
-    async fn offer_refuses_past_the_bound_and_counts_what_it_queues() {
+    async fn offer_refuses_past_the_bound_and_counts_the_bytes_it_queues() {
         let c = Conn {
             addr: mailbox(),
             user: None,
             rooms: HashSet::new(),
             outbound: Arc::new(Outbound::default()),
         };
-        let three: Arc<[ByteString]> = Arc::from(vec![f("1"), f("2"), f("3")]);
-        assert!(offer(&c, Deliver::Frames(three.clone()), 4).is_ok());
-        assert_eq!(c.outbound.queued.load(Ordering::Relaxed), 3);
+        let three = Arc::new(Frames::new(vec![f("1"), f("22"), f("333")]));
+        let each = FRAME_OVERHEAD;
+        assert_eq!(three.bytes, 6 + 3 * each);
+        let bound = 6 + 4 * each + 4;
+        assert!(offer(&c, Deliver::Frames(three.clone()), bound).is_ok());
+        assert_eq!(c.outbound.queued.load(Ordering::Relaxed), three.bytes);
         assert!(matches!(
-            offer(&c, Deliver::Frames(three), 4),
+            offer(&c, Deliver::Frames(three.clone()), bound),
             Err(SendError::Full(_))
         ));
         assert_eq!(
             c.outbound.queued.load(Ordering::Relaxed),
-            3,
+            three.bytes,
             "a refusal counts nothing"
         );
-        assert!(offer(&c, Deliver::Frame(f("4")), 4).is_ok());
+        assert!(
+            offer(&c, Deliver::Frame(f("4444")), bound).is_ok(),
+            "exactly at the bound"
+        );
+        assert!(
+            offer(&c, Deliver::Frame(f("")), bound).is_err(),
+            "past it, even empty"
+        );
     }
 }

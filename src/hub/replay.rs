@@ -11,7 +11,12 @@ use bytestring::ByteString;
 
 use crate::hub::ChatServer;
 use crate::messages::ConnId;
-use crate::protocol::{Ack, Event, HistoryRange, ProtoError, Ref, RoomName, Seq};
+use crate::messages::FRAME_OVERHEAD;
+use crate::protocol::{Ack, HistoryRange, ProtoError, Ref, RoomName, Seq};
+
+/// The least JSON an event takes (an empty-ish `join`): with it, a replay
+/// too long for the byte cap is refused before anything is read.
+const MIN_EVENT_BYTES: usize = 120;
 
 /// One connection's replay of one room: live events past `upto` wait in
 /// `buffer` until the replay has been sent.
@@ -19,6 +24,8 @@ use crate::protocol::{Ack, Event, HistoryRange, ProtoError, Ref, RoomName, Seq};
 pub struct Replay {
     pub upto: Seq,
     pub buffer: Vec<(Seq, ByteString)>,
+    /// What `buffer` holds, counted as against the outbound bound.
+    pub buffer_bytes: usize,
     /// The client resumes from a seq this node has not delivered yet (it lags
     /// the store): nothing to read, but events up to `upto` are skipped and
     /// the ack waits until the room gets there.
@@ -48,6 +55,7 @@ impl Replays {
             Replay {
                 upto,
                 buffer: Vec::new(),
+                buffer_bytes: 0,
                 waiting,
             },
         );
@@ -55,24 +63,26 @@ impl Replays {
 
     /// Holds a room's live events for a connection whose replay of it is
     /// running: true when it does, whether or not they were kept. The events
-    /// up to the replay's end are the replay's; past `limit` held, the
-    /// connection is evicted (`over` is set).
+    /// up to the replay's end are the replay's; past `max_bytes` held, the
+    /// connection is evicted (`over` is set), as it would be had the events
+    /// gone to its mailbox.
     pub fn hold(
         &mut self,
         conn: ConnId,
         room: &RoomName,
         events: &[(Seq, ByteString)],
-        limit: i64,
+        max_bytes: usize,
         over: &mut bool,
     ) -> bool {
         let Some(replay) = self.by_conn.get_mut(&conn).and_then(|r| r.get_mut(room)) else {
             return false;
         };
         let upto = replay.upto;
-        replay
-            .buffer
-            .extend(events.iter().filter(|(seq, _)| *seq > upto).cloned());
-        *over = replay.buffer.len() as i64 > limit;
+        for (seq, frame) in events.iter().filter(|(seq, _)| *seq > upto) {
+            replay.buffer_bytes += frame.len() + FRAME_OVERHEAD;
+            replay.buffer.push((*seq, frame.clone()));
+        }
+        *over = replay.buffer_bytes > max_bytes;
         true
     }
 
@@ -154,7 +164,9 @@ impl ChatServer {
         ctx: &mut Context<Self>,
     ) {
         let missed = upto - since;
-        if missed <= 0 || missed > self.config.replay_limit {
+        // Events fewer than this many bytes each cannot fit the byte cap.
+        let fits = missed <= (self.config.replay_max_bytes() / MIN_EVENT_BYTES) as i64;
+        if missed <= 0 || missed > self.config.replay_limit || !fits {
             // Nothing to send, too much to send, or a `since` from another
             // epoch: live events start after the ack's seq.
             return self.end_replay(who, Some(missed == 0), &room, Vec::new());
@@ -176,7 +188,14 @@ impl ChatServer {
                         page.events.len()
                     );
                 }
-                act.end_replay(who, Some(true), &room, page.events);
+                let frames: Vec<ByteString> =
+                    page.events.iter().map(|e| e.to_json().into()).collect();
+                let bytes: usize = frames.iter().map(|f| f.len() + FRAME_OVERHEAD).sum();
+                if bytes > act.config.replay_max_bytes() {
+                    // Never partial: like a resume past REPLAY_LIMIT.
+                    return act.end_replay(who, Some(false), &room, Vec::new());
+                }
+                act.end_replay(who, Some(true), &room, frames);
             }
             Err(e) => {
                 log::error!("replay read failed: {e}");
@@ -201,21 +220,17 @@ impl ChatServer {
         end: Resumer,
         recovered: Option<bool>,
         room: &RoomName,
-        events: Vec<Event>,
+        events: Vec<ByteString>,
     ) {
         let Some(replay) = self.replays.finish(end.conn, room) else {
             return;
         };
-        let mut last = replay.upto;
+        let last = replay.buffer.last().map_or(replay.upto, |(seq, _)| *seq);
         self.metrics.replayed_events.add(events.len() as u64);
         self.metrics.replay_size.observe(events.len() as f64);
-        for ev in &events {
-            self.send(end.conn, ev.to_json().into());
-        }
-        for (seq, frame) in replay.buffer {
-            last = seq;
-            self.send(end.conn, frame);
-        }
+        // In pieces the bound can hold, then what arrived meanwhile.
+        let held = replay.buffer.iter().map(|(_, f)| f);
+        self.send_all(end.conn, events.iter().chain(held));
         self.metrics
             .ack_latency
             .observe(end.received.elapsed().as_secs_f64());
@@ -277,12 +292,12 @@ mod tests {
         let c = ConnId(1);
         let mut over = false;
         assert!(
-            !r.hold(c, &room(), &frames(&[5]), 10, &mut over),
+            !r.hold(c, &room(), &frames(&[5]), 10_000, &mut over),
             "no replay yet"
         );
         r.start(c, &room(), 5, false);
-        assert!(r.hold(c, &room(), &frames(&[4, 5, 6]), 10, &mut over));
-        assert!(r.hold(c, &room(), &frames(&[7]), 10, &mut over));
+        assert!(r.hold(c, &room(), &frames(&[4, 5, 6]), 10_000, &mut over));
+        assert!(r.hold(c, &room(), &frames(&[7]), 10_000, &mut over));
         assert!(!over);
         let replay = r.finish(c, &room()).unwrap();
         assert_eq!(
@@ -293,11 +308,14 @@ mod tests {
     }
 
     #[test]
-    fn holding_more_than_the_limit_says_so() {
+    fn holding_more_bytes_than_the_bound_says_so() {
         let mut r = Replays::default();
         let mut over = false;
         r.start(ConnId(1), &room(), 0, false);
-        r.hold(ConnId(1), &room(), &frames(&[1, 2, 3]), 2, &mut over);
+        let bound = 3 * (1 + FRAME_OVERHEAD);
+        r.hold(ConnId(1), &room(), &frames(&[1, 2, 3]), bound, &mut over);
+        assert!(!over, "exactly at the bound");
+        r.hold(ConnId(1), &room(), &frames(&[4]), bound, &mut over);
         assert!(over);
     }
 

@@ -414,6 +414,33 @@ impl Client {
         c
     }
 
+    /// Connects over a socket whose kernel receive buffer is `rcvbuf` bytes,
+    /// so that a client that stops reading stops taking data soon.
+    pub async fn connect_small_buffer(addr: &str, rcvbuf: usize) -> Client {
+        let sock = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None)
+            .expect("socket");
+        sock.set_recv_buffer_size(rcvbuf).expect("SO_RCVBUF");
+        let target: std::net::SocketAddr = addr.parse().expect("an ip:port");
+        sock.connect(&target.into()).expect("connect");
+        sock.set_nonblocking(true).expect("nonblocking");
+        let stream = TcpStream::from_std(sock.into()).expect("tokio stream");
+        let url = format!("ws://{addr}/ws");
+        let (ws, _) = tokio::time::timeout(
+            FRAME_TIMEOUT,
+            tokio_tungstenite::client_async(url.as_str(), MaybeTlsStream::Plain(stream)),
+        )
+        .await
+        .expect("handshake in time")
+        .unwrap_or_else(|e| panic!("connect {url}: {e}"));
+        let mut c = Client {
+            ws,
+            hello: Value::Null,
+            next_ref: 0,
+        };
+        c.hello = c.recv().await;
+        c
+    }
+
     /// Connects with extra handshake headers (`Authorization`, `Origin`, ...).
     pub async fn connect_with(url: &str, headers: &[(&str, &str)]) -> Client {
         use tokio_tungstenite::tungstenite::client::IntoClientRequest;
