@@ -107,7 +107,9 @@ async fn refused_handshakes_get_401_and_say_why() {
     let no_exp = sign(SECRET, json!({"sub":"a"}));
     let bad_sub = sign(SECRET, json!({"sub":"","exp":t + 600}));
     let good = token("a");
-    let cases: Vec<(String, Vec<(&str, String)>, &str)> = vec![
+    // (path, headers, the code of the 401)
+    type Case = (String, Vec<(&'static str, String)>, &'static str);
+    let cases: Vec<Case> = vec![
         ("/ws".into(), vec![], "token_missing"),
         ("/ws?token=".into(), vec![], "token_missing"),
         (format!("/ws?token={expired}"), vec![], "token_expired"),

@@ -93,12 +93,12 @@ pub(crate) fn error_response(err: &ProtoError, room: Option<&RoomName>) -> HttpR
 }
 
 /// The user a REST request speaks for: in token mode the subject of its
-/// `Authorization: Bearer` token (else a 401 to send back), in open mode
-/// `None`. The token is never logged.
+/// `Authorization: Bearer` token (else the refusal to answer with, a 401),
+/// in open mode `None`. The token is never logged.
 pub(crate) fn rest_user(
     req: &HttpRequest,
     node: &NodeContext,
-) -> Result<Option<UserId>, HttpResponse> {
+) -> Result<Option<UserId>, ProtoError> {
     let Some(auth) = node.config.auth.as_ref() else {
         return Ok(None);
     };
@@ -111,7 +111,7 @@ pub(crate) fn rest_user(
                 req.path(),
                 e.code.as_str()
             );
-            Err(error_response(&e, None))
+            Err(e)
         }
     }
 }
