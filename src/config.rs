@@ -15,6 +15,7 @@ use anyhow::{bail, Context, Result};
 use clap::{Parser, Subcommand};
 
 use crate::auth::{Auth, KeySource, Origins};
+use crate::http::limit::TrustedProxies;
 
 /// Declares the settings: field, variable, default ("" for none or a
 /// computed one, then how it is chosen in parentheses), whether its value is
@@ -64,6 +65,15 @@ settings! {
     host: "HOST" = "127.0.0.1";
     /// Port for WebSocket (/ws) and HTTP (/health, /metrics, /rooms, /).
     port: "PORT" = "8080";
+    /// Most WebSocket connections this node serves; past it a handshake gets 503.
+    max_connections: "MAX_CONNECTIONS" = "50000";
+    /// Comma-separated addresses or CIDR ranges of the proxies (nginx) whose
+    /// X-Forwarded-For names the client. Unset: the peer is the client.
+    trusted_proxies: "TRUSTED_PROXIES" = "" ("unset: no proxy is trusted");
+    /// REST requests per second per client address (token refill rate).
+    rest_rate_per_sec: "REST_RATE_PER_SEC" = "20";
+    /// REST token bucket size per client address.
+    rest_rate_burst: "REST_RATE_BURST" = "50";
     /// Token mode with HS256: the shared secret tokens are signed with (at
     /// least 32 bytes). Unset (and no AUTH_PUBLIC_KEY): open mode, anyone
     /// may speak as any user.
@@ -220,6 +230,10 @@ pub fn redact_url(url: &str) -> String {
 pub struct Config {
     pub host: String,
     pub port: u16,
+    pub max_connections: usize,
+    pub trusted_proxies: TrustedProxies,
+    pub rest_rate_per_sec: u32,
+    pub rest_rate_burst: u32,
     /// Token mode (`AUTH_SECRET` or `AUTH_PUBLIC_KEY`); `None`: open mode.
     pub auth: Option<Auth>,
     /// `ALLOWED_ORIGINS`; `None`: every origin.
@@ -286,6 +300,11 @@ impl Config {
         let config = Config {
             host: string(s, "HOST"),
             port: parse(s, "PORT")?,
+            max_connections: parse(s, "MAX_CONNECTIONS")?,
+            trusted_proxies: TrustedProxies::parse(s.get("TRUSTED_PROXIES").unwrap_or_default())
+                .map_err(anyhow::Error::msg)?,
+            rest_rate_per_sec: parse(s, "REST_RATE_PER_SEC")?,
+            rest_rate_burst: parse(s, "REST_RATE_BURST")?,
             auth: auth(s)?,
             allowed_origins: s
                 .get("ALLOWED_ORIGINS")
@@ -335,6 +354,9 @@ impl Config {
     fn check(&self) -> Result<()> {
         let positive = [
             ("WORKERS", self.workers as u64),
+            ("MAX_CONNECTIONS", self.max_connections as u64),
+            ("REST_RATE_PER_SEC", u64::from(self.rest_rate_per_sec)),
+            ("REST_RATE_BURST", u64::from(self.rest_rate_burst)),
             ("MAX_FRAME_BYTES", self.max_frame_bytes as u64),
             ("MAX_MESSAGE_CHARS", self.max_message_chars as u64),
             ("REPLAY_LIMIT", self.replay_limit.max(0) as u64),

@@ -5,6 +5,7 @@
 
 use std::future::Future;
 use std::net::{SocketAddr, TcpListener};
+use std::sync::atomic::AtomicUsize;
 use std::sync::Arc;
 
 use actix::prelude::*;
@@ -13,6 +14,7 @@ use anyhow::Context as _;
 
 use crate::bus::{Bus, BusHealth, HubLink};
 use crate::config::Config;
+use crate::http::limit::RateLimiter;
 use crate::hub::{ChatServer, Parts};
 use crate::messages::Shutdown;
 use crate::metrics::Metrics;
@@ -27,6 +29,10 @@ pub struct NodeContext {
     pub server: Addr<ChatServer>,
     pub limits: HelloLimits,
     pub bus_health: Option<BusHealth>,
+    /// The REST routes' rate limit per client address.
+    pub rest_limit: RateLimiter,
+    /// WebSocket connections open (or being opened), against `MAX_CONNECTIONS`.
+    pub open_connections: Arc<AtomicUsize>,
 }
 
 /// A node that is built, listening, and not yet run.
@@ -79,6 +85,8 @@ impl Node {
                 rate_burst: config.rate_burst,
             },
             bus_health,
+            rest_limit: RateLimiter::new(config.rest_rate_per_sec, config.rest_rate_burst),
+            open_connections: Arc::default(),
         });
 
         let listener =

@@ -8,7 +8,7 @@
 //! session when it is full, because the actor freezes while its client does
 //! not read (actix-web#2441); it then closes with 4000 when it runs again.
 
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -44,6 +44,13 @@ pub async fn upgrade(
         log::debug!("refused a WebSocket handshake from {peer}: {code}");
         Ok(crate::http::error_response(err, None))
     };
+    let Some(slot) = Slot::take(&node.open_connections, node.config.max_connections) else {
+        let err = ProtoError::new(
+            ErrorCode::Unavailable,
+            "this node serves as many connections as it may (MAX_CONNECTIONS); try again later",
+        );
+        return refuse(&err);
+    };
     if let Err(e) = crate::auth::check_origin(node.config.allowed_origins.as_ref(), &req) {
         return refuse(&e);
     }
@@ -77,12 +84,32 @@ pub async fn upgrade(
         }
         None => (asked, None),
     };
-    let mut session = WsSession::new(node.into_inner(), user);
+    let mut session = WsSession::new(node.into_inner(), user, slot);
     session.token_deadline = token_deadline;
     let max = session.node.config.max_frame_bytes;
     ws::WsResponseBuilder::new(session, &req, stream)
         .frame_size(max)
         .start()
+}
+
+/// A place among `MAX_CONNECTIONS`, held by a session from its handshake
+/// until it is dropped (also when the handshake fails).
+struct Slot(Arc<AtomicUsize>);
+
+impl Slot {
+    fn take(open: &Arc<AtomicUsize>, max: usize) -> Option<Slot> {
+        if open.fetch_add(1, Ordering::Relaxed) >= max {
+            open.fetch_sub(1, Ordering::Relaxed);
+            return None;
+        }
+        Some(Slot(open.clone()))
+    }
+}
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
+    }
 }
 
 /// Token bucket for the per-connection command rate.
@@ -103,10 +130,11 @@ pub struct WsSession {
     /// Token mode: when the token (with the leeway) expires; the
     /// connection closes with 4001 then.
     token_deadline: Option<Instant>,
+    _slot: Slot,
 }
 
 impl WsSession {
-    fn new(node: Arc<NodeContext>, user: Option<UserId>) -> WsSession {
+    fn new(node: Arc<NodeContext>, user: Option<UserId>, slot: Slot) -> WsSession {
         let burst = f64::from(node.config.rate_burst);
         WsSession {
             node,
@@ -120,6 +148,7 @@ impl WsSession {
             },
             outbound: Arc::default(),
             token_deadline: None,
+            _slot: slot,
         }
     }
 

@@ -457,3 +457,80 @@ async fn a_connection_in_too_many_rooms_is_refused_the_next() {
     c.ok(json!({"type":"leave","room":"b"})).await;
     c.ok(json!({"type":"create","room":"c"})).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn past_max_connections_a_handshake_gets_503_before_any_upgrade() {
+    let node = TestNode::start_with(Backend::Sqlite, &[("MAX_CONNECTIONS", "2")]).await;
+    let a = node.client().await;
+    let _b = node.client().await;
+    let (status, _, body) = common::http_with(
+        &node.addr,
+        "GET",
+        "/ws",
+        &[
+            ("Upgrade", "websocket"),
+            ("Connection", "Upgrade"),
+            ("Sec-WebSocket-Version", "13"),
+            ("Sec-WebSocket-Key", "dGhlIHNhbXBsZSBub25jZQ=="),
+        ],
+        None,
+    )
+    .await;
+    assert_eq!(status, 503, "{body}");
+    let body: Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(body["code"], "unavailable");
+    assert!(body["message"]
+        .as_str()
+        .unwrap()
+        .contains("MAX_CONNECTIONS"));
+    // A closed connection gives its place back.
+    a.close().await;
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        match tokio_tungstenite::connect_async(node.ws_url()).await {
+            Ok(_) => break,
+            Err(e) => {
+                assert!(
+                    Instant::now() < deadline,
+                    "the place was not given back: {e}"
+                );
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_rest_routes_are_rate_limited_per_client_address() {
+    let limited = [("REST_RATE_PER_SEC", "1"), ("REST_RATE_BURST", "3")];
+    let get = |node: &TestNode, xff: &'static str| {
+        let addr = node.addr.clone();
+        async move {
+            let (status, _, body) =
+                common::http_with(&addr, "GET", "/rooms", &[("X-Forwarded-For", xff)], None).await;
+            (status, body)
+        }
+    };
+    // Without a trusted proxy, X-Forwarded-For is not believed: one bucket.
+    let node = TestNode::start_with(Backend::Sqlite, &limited).await;
+    for xff in ["203.0.113.1", "203.0.113.2", "203.0.113.3"] {
+        assert_eq!(get(&node, xff).await.0, 200);
+    }
+    let (status, body) = get(&node, "203.0.113.4").await;
+    assert_eq!(status, 429, "{body}");
+    assert_eq!(
+        serde_json::from_str::<Value>(&body).unwrap()["code"],
+        "rate_limited"
+    );
+    let (status, _) = node.http("GET", "/health", None).await;
+    assert_eq!(status, 200, "/health is not limited");
+    // Behind a trusted proxy, each forwarded client has its own bucket.
+    let mut env = limited.to_vec();
+    env.push(("TRUSTED_PROXIES", "127.0.0.1"));
+    let node = TestNode::start_with(Backend::Sqlite, &env).await;
+    for _ in 0..3 {
+        assert_eq!(get(&node, "203.0.113.1").await.0, 200);
+    }
+    assert_eq!(get(&node, "203.0.113.1").await.0, 429);
+    assert_eq!(get(&node, "203.0.113.2").await.0, 200, "another client");
+}

@@ -2,6 +2,7 @@
 //! the web client at `/`, and the REST API ([`rest`]). Handlers ask the
 //! ChatServer or the store; they hold no state.
 
+pub mod limit;
 mod rest;
 
 use std::time::Duration;
@@ -99,6 +100,20 @@ pub(crate) fn rest_user(
     req: &HttpRequest,
     node: &NodeContext,
 ) -> Result<Option<UserId>, ProtoError> {
+    if let Some(peer) = req.peer_addr() {
+        let forwarded = req
+            .headers()
+            .get("x-forwarded-for")
+            .and_then(|v| v.to_str().ok());
+        let client = node.config.trusted_proxies.client(peer.ip(), forwarded);
+        if !node.rest_limit.allow(client) {
+            node.metrics.rate_limited.inc();
+            return Err(ProtoError::new(
+                ErrorCode::RateLimited,
+                "too many requests from this address; slow down",
+            ));
+        }
+    }
     let Some(auth) = node.config.auth.as_ref() else {
         return Ok(None);
     };

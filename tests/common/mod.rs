@@ -166,6 +166,8 @@ impl TestNode {
             .env("WORKERS", "2")
             .env("RATE_LIMIT_PER_SEC", "100000")
             .env("RATE_LIMIT_BURST", "100000")
+            .env("REST_RATE_PER_SEC", "100000")
+            .env("REST_RATE_BURST", "100000")
             .envs(store.vars.iter().cloned())
             .envs(env.iter().cloned())
             .stdin(Stdio::null())
