@@ -16,7 +16,7 @@
 mod presence;
 mod redis;
 
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 
 use actix::prelude::*;
@@ -58,6 +58,66 @@ impl HubLink {
     }
 }
 
+/// Most events waiting to be published, and most bytes of them; past
+/// either, a batch is dropped (peers repair from the store).
+pub const PUBLISH_MAX_EVENTS: usize = 50_000;
+pub const PUBLISH_MAX_BYTES: usize = 64 << 20;
+
+/// The publisher's queue: batches in commit order, bounded in events and in
+/// bytes (not in batches, whose size varies from one event to thousands).
+#[derive(Clone)]
+pub struct PublishQueue {
+    tx: mpsc::UnboundedSender<Vec<LiveEvent>>,
+    /// (events, bytes) queued and not yet published or dropped.
+    queued: Arc<(AtomicUsize, AtomicUsize)>,
+}
+
+impl PublishQueue {
+    pub fn new() -> (PublishQueue, mpsc::UnboundedReceiver<Vec<LiveEvent>>) {
+        let (tx, rx) = mpsc::unbounded_channel();
+        let queue = PublishQueue {
+            tx,
+            queued: Arc::default(),
+        };
+        (queue, rx)
+    }
+
+    fn weight(events: &[LiveEvent]) -> usize {
+        events.iter().map(|e| e.frame.len()).sum()
+    }
+
+    /// Queues a batch unless that passes a bound; false when it was dropped.
+    fn offer(&self, events: Vec<LiveEvent>) -> bool {
+        let (n, bytes) = (events.len(), Self::weight(&events));
+        let (queued_n, queued_bytes) = &*self.queued;
+        if queued_n.load(Ordering::Relaxed) + n > PUBLISH_MAX_EVENTS
+            || queued_bytes.load(Ordering::Relaxed) + bytes > PUBLISH_MAX_BYTES
+        {
+            return false;
+        }
+        queued_n.fetch_add(n, Ordering::Relaxed);
+        queued_bytes.fetch_add(bytes, Ordering::Relaxed);
+        if self.tx.send(events).is_err() {
+            queued_n.fetch_sub(n, Ordering::Relaxed);
+            queued_bytes.fetch_sub(bytes, Ordering::Relaxed);
+            return false;
+        }
+        true
+    }
+
+    /// The publisher is done with a batch (published or dropped).
+    pub fn done(&self, events: &[LiveEvent]) {
+        let (queued_n, queued_bytes) = &*self.queued;
+        queued_n.fetch_sub(events.len(), Ordering::Relaxed);
+        queued_bytes.fetch_sub(Self::weight(events), Ordering::Relaxed);
+    }
+
+    /// Events queued, the batch being published included.
+    pub fn backlog(&self) -> usize {
+        self.queued.0.load(Ordering::Relaxed)
+    }
+}
+
 /// The ChatServer's side of the bus.
 #[derive(Clone)]
 pub enum BusHandle {
@@ -65,7 +125,7 @@ pub enum BusHandle {
     Local,
     /// Batches go to the publisher task, in commit order.
     Redis {
-        publish: mpsc::Sender<Vec<LiveEvent>>,
+        queue: PublishQueue,
         metrics: Arc<Metrics>,
     },
 }
@@ -76,8 +136,8 @@ impl BusHandle {
         if events.is_empty() {
             return;
         }
-        if let BusHandle::Redis { publish, metrics } = self {
-            if publish.try_send(events).is_err() {
+        if let BusHandle::Redis { queue, metrics } = self {
+            if !queue.offer(events) {
                 metrics.bus_errors.inc();
                 log::warn!("the publish queue is full: peers will repair from the store");
             }

@@ -14,7 +14,7 @@ use anyhow::Context as _;
 use futures_util::StreamExt;
 use tokio::sync::mpsc;
 
-use super::{BusHandle, BusHealth, HubLink};
+use super::{BusHandle, BusHealth, HubLink, PublishQueue, PUBLISH_MAX_EVENTS};
 use crate::config::{redact_url, Config};
 use crate::messages::{LiveEvent, PeerEvents, Resync};
 use crate::metrics::Metrics;
@@ -22,9 +22,6 @@ use crate::protocol::{BusKey, Envelope, Header};
 /// How often a node compares every room's last seq with the store, to catch
 /// events whose publish was lost while nobody noticed.
 const RESYNC_INTERVAL: Duration = Duration::from_secs(10);
-/// Batches waiting to be published; past this, a batch is dropped (peers
-/// repair from the store).
-const PUBLISH_QUEUE: usize = 4096;
 /// Most peer events forwarded to the ChatServer in one message.
 const FORWARD_BATCH: usize = 512;
 
@@ -37,8 +34,8 @@ pub struct RedisBus {
     node: String,
     /// `BUS_SECRET`: signs what is published, checks what is received.
     key: Option<BusKey>,
-    publish: mpsc::Sender<Vec<LiveEvent>>,
-    queue: mpsc::Receiver<Vec<LiveEvent>>,
+    publish: PublishQueue,
+    queue: mpsc::UnboundedReceiver<Vec<LiveEvent>>,
     metrics: Arc<Metrics>,
     up: Arc<AtomicBool>,
 }
@@ -68,7 +65,7 @@ impl RedisBus {
             .runtime(deadpool_redis::Runtime::Tokio1)
             .build()
             .context("redis pool")?;
-        let (publish, queue) = mpsc::channel(PUBLISH_QUEUE);
+        let (publish, queue) = PublishQueue::new();
         Ok(RedisBus {
             client,
             first,
@@ -85,7 +82,7 @@ impl RedisBus {
 
     pub fn handle(&self) -> BusHandle {
         BusHandle::Redis {
-            publish: self.publish.clone(),
+            queue: self.publish.clone(),
             metrics: self.metrics.clone(),
         }
     }
@@ -104,17 +101,19 @@ impl RedisBus {
             channel,
             node,
             key,
-            publish: _,
+            publish,
             queue,
             metrics,
             up,
         } = self;
         actix::spawn(publisher(
             pool.clone(),
-            channel.clone(),
-            node.clone(),
-            key.clone(),
-            queue,
+            Signer {
+                channel: channel.clone(),
+                node: node.clone(),
+                key: key.clone(),
+            },
+            (publish, queue),
             metrics.clone(),
         ));
         let subscriber = Subscriber {
@@ -156,12 +155,11 @@ async fn subscribe(
 /// goes through or newer batches pile up behind it.
 async fn publisher(
     pool: deadpool_redis::Pool,
-    channel: String,
-    node: String,
-    key: Option<BusKey>,
-    mut rx: mpsc::Receiver<Vec<LiveEvent>>,
+    signer: Signer,
+    (queue, mut rx): (PublishQueue, mpsc::UnboundedReceiver<Vec<LiveEvent>>),
     metrics: Arc<Metrics>,
 ) {
+    let Signer { channel, node, key } = signer;
     while let Some(events) = rx.recv().await {
         let mut pipe = redis::pipe();
         for ev in &events {
@@ -193,7 +191,7 @@ async fn publisher(
                 }
                 Err(e) => {
                     metrics.bus_errors.inc();
-                    if rx.len() > PUBLISH_QUEUE / 2 {
+                    if queue.backlog() > PUBLISH_MAX_EVENTS / 2 {
                         // Peers repair from the store when they resync.
                         log::warn!("publish failed ({e}); dropping {} events", events.len());
                         break;
@@ -204,7 +202,15 @@ async fn publisher(
                 }
             }
         }
+        queue.done(&events);
     }
+}
+
+/// Where and as whom the publisher publishes.
+struct Signer {
+    channel: String,
+    node: String,
+    key: Option<BusKey>,
 }
 
 /// Forwards peers' events to the ChatServer; reconnects with backoff and asks

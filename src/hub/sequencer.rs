@@ -14,6 +14,19 @@ use crate::protocol::{RoomName, Seq};
 /// nobody on this node waits for (a peer's). Past it, such events are not
 /// held: the repair reads them from the store, where they are anyway.
 pub const PENDING_MAX: usize = 10_000;
+/// Most bytes held, over every room, for nobody (see [`PENDING_MAX`]).
+pub const PENDING_MAX_BYTES: usize = 64 << 20;
+
+/// What a held event costs in memory.
+pub trait Weight {
+    fn weight(&self) -> usize;
+}
+
+impl Weight for crate::messages::LiveEvent {
+    fn weight(&self) -> usize {
+        self.frame.len() + crate::messages::FRAME_OVERHEAD
+    }
+}
 
 /// What became of an offered event.
 #[derive(Debug, PartialEq)]
@@ -54,17 +67,20 @@ impl<E, W> RoomSeq<E, W> {
 /// Every room's order. `E` is the event, `W` who waits for it.
 pub struct Sequencer<E, W> {
     rooms: HashMap<RoomName, RoomSeq<E, W>>,
+    /// The weight of every room's unclaimed pending events.
+    unclaimed_bytes: usize,
 }
 
 impl<E, W> Default for Sequencer<E, W> {
     fn default() -> Self {
         Sequencer {
             rooms: HashMap::new(),
+            unclaimed_bytes: 0,
         }
     }
 }
 
-impl<E, W> Sequencer<E, W> {
+impl<E: Weight, W> Sequencer<E, W> {
     /// Adds a room delivered up to `last` (from the store at start-up), or
     /// leaves a known room as it is. True when it was new.
     pub fn add_room(&mut self, room: &RoomName, last: Seq) -> bool {
@@ -91,7 +107,11 @@ impl<E, W> Sequencer<E, W> {
     /// Offers the committed event `seq` of `room` (added if unknown, at 0).
     pub fn offer(&mut self, room: &RoomName, seq: Seq, event: E, waiter: Option<W>) -> Offer<E, W> {
         self.add_room(room, 0);
-        let Some(r) = self.rooms.get_mut(room) else {
+        let Sequencer {
+            rooms,
+            unclaimed_bytes,
+        } = self;
+        let Some(r) = rooms.get_mut(room) else {
             return Offer::Held { repair: false };
         };
         let next = r.last + 1;
@@ -111,12 +131,16 @@ impl<E, W> Sequencer<E, W> {
                 if held.1.is_none() && waiter.is_some() {
                     held.1 = waiter;
                     r.unclaimed -= 1;
+                    *unclaimed_bytes -= held.0.weight();
                 }
             }
-            None if waiter.is_none() && r.unclaimed >= PENDING_MAX => {}
+            None if waiter.is_none()
+                && (r.unclaimed >= PENDING_MAX
+                    || *unclaimed_bytes + event.weight() > PENDING_MAX_BYTES) => {}
             None => {
                 if waiter.is_none() {
                     r.unclaimed += 1;
+                    *unclaimed_bytes += event.weight();
                 }
                 r.pending.insert(seq, (event, waiter));
             }
@@ -137,6 +161,7 @@ impl<E, W> Sequencer<E, W> {
         let (_, (event, waiter)) = r.pending.pop_first()?;
         if waiter.is_none() {
             r.unclaimed -= 1;
+            self.unclaimed_bytes -= event.weight();
         }
         if seq <= r.last {
             return Some(Offer::Stale(event, waiter));
@@ -222,6 +247,12 @@ mod tests {
     use super::*;
 
     type Seqr = Sequencer<&'static str, u32>;
+
+    impl Weight for &'static str {
+        fn weight(&self) -> usize {
+            self.len()
+        }
+    }
 
     fn room() -> RoomName {
         RoomName::parse("g").unwrap()
@@ -319,5 +350,26 @@ mod tests {
         assert!(!s.note_stored(&room(), 9), "a repair is already scheduled");
         assert_eq!(s.repairing(), vec![room()]);
         assert_eq!(s.repair_range(&room()), Some((5, 10)));
+    }
+
+    #[test]
+    fn what_is_held_for_nobody_is_bounded_in_bytes_over_every_room() {
+        static BIG: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+        let big: &'static str = BIG.get_or_init(|| "x".repeat(PENDING_MAX_BYTES / 4));
+        let mut s = Seqr::default();
+        for (i, name) in ["a", "b", "c", "d", "e"].iter().enumerate() {
+            let room = RoomName::parse(name).unwrap();
+            s.offer(&room, 5, big, None);
+            assert_eq!(s.held(&room), usize::from(i < 4), "room {name}");
+        }
+        // Delivering frees the budget.
+        let a = RoomName::parse("a").unwrap();
+        for seq in 1..=4 {
+            s.offer(&a, seq, "small", None);
+        }
+        assert!(matches!(s.next_ready(&a), Some(Offer::Ready(..))));
+        let e = RoomName::parse("e").unwrap();
+        s.offer(&e, 6, big, None);
+        assert_eq!(s.held(&e), 1);
     }
 }
