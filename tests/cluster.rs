@@ -672,3 +672,46 @@ async fn envelopes_whose_event_is_not_an_object_or_disagrees_with_the_header_are
     let f = a.recv().await;
     assert_eq!((f["message"].as_str(), seq(&f)), (Some("forged"), 2));
 }
+
+/// Turning BUS_SECRET on node by node: a node without it takes signed
+/// envelopes; a node with it drops the other's unsigned ones and catches up
+/// from the store, so nothing is lost, only later.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_signing_node_drops_unsigned_envelopes_and_catches_up_from_the_store() {
+    let mut cluster = Cluster::start_with(1, &[("BUS_SECRET", BUS_SECRET)]).await;
+    let plain = cluster.add_node_with(&[]).await;
+    let mut a = cluster.client(0).await;
+    a.ok(json!({"user_id":"a","type":"create","room":"mixed"}))
+        .await;
+    let mut b = cluster.client(plain).await;
+    b.ok(json!({"user_id":"b","type":"join","room":"mixed"}))
+        .await;
+    // Node 0's signed envelope is taken by the node without a secret.
+    a.ok(json!({"type":"message","room":"mixed","message":"from the signing node"}))
+        .await;
+    let f = b.recv().await;
+    assert_eq!(f["message"], "from the signing node");
+    // Node 1's unsigned envelope is dropped by node 0 ...
+    b.ok(json!({"type":"message","room":"mixed","message":"unsigned"}))
+        .await;
+    cluster
+        .node(0)
+        .wait_for_log(&["not a valid envelope", "unsigned"])
+        .await;
+    // ... which repairs the gap from the store with its next event.
+    a.send(json!({"type":"message","room":"mixed","message":"next","ref":"n"}))
+        .await;
+    let mut seen = Vec::new();
+    loop {
+        let f = a.recv().await;
+        if f["type"] == "ack" {
+            break;
+        }
+        seen.push((seq(&f), f["message"].as_str().unwrap_or("").to_string()));
+    }
+    assert_eq!(
+        seen,
+        [(4, "unsigned".to_string()), (5, "next".to_string())],
+        "the dropped event arrives from the store, in order, before the next"
+    );
+}
