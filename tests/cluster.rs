@@ -572,8 +572,13 @@ async fn nodes_sharing_a_bus_secret_take_each_others_events_and_drop_forged_ones
             .expect("message");
         let text = String::from_utf8(msg.get_payload_bytes().to_vec()).unwrap();
         let v: Value = serde_json::from_str(&text).expect("JSON");
-        let sig = v["sig"].as_str().unwrap_or_else(|| panic!("no sig: {text}"));
-        assert!(sig.len() == 64 && sig.bytes().all(|c| c.is_ascii_hexdigit()), "{sig}");
+        let sig = v["sig"]
+            .as_str()
+            .unwrap_or_else(|| panic!("no sig: {text}"));
+        assert!(
+            sig.len() == 64 && sig.bytes().all(|c| c.is_ascii_hexdigit()),
+            "{sig}"
+        );
         captured.push(text);
     }
 
@@ -590,9 +595,15 @@ async fn nodes_sharing_a_bus_secret_take_each_others_events_and_drop_forged_ones
     cluster.publish_raw(altered).await;
     for i in 0..2 {
         let node = cluster.node(i);
-        node.wait_for_log(&["not a valid envelope", "unsigned"]).await;
-        let bad = node.wait_for_log(&["not a valid envelope", "bad signature"]).await;
-        assert!(!bad.contains(BUS_SECRET), "the secret is never logged: {bad}");
+        node.wait_for_log(&["not a valid envelope", "unsigned"])
+            .await;
+        let bad = node
+            .wait_for_log(&["not a valid envelope", "bad signature"])
+            .await;
+        assert!(
+            !bad.contains(BUS_SECRET),
+            "the secret is never logged: {bad}"
+        );
         wait_for_counter(node, "confab_bus_errors_total", 3).await;
     }
     // A captured signed envelope published again: its seq was delivered, so
@@ -638,7 +649,9 @@ async fn envelopes_whose_event_is_not_an_object_or_disagrees_with_the_header_are
             "room disagrees",
         ),
         (
-            header.encode(&event.replace("\"seq\":2", "\"seq\":7")).into(),
+            header
+                .encode(&event.replace("\"seq\":2", "\"seq\":7"))
+                .into(),
             "seq disagrees",
         ),
         (

@@ -118,7 +118,11 @@ async fn a_nul_message_among_20_of_another_users_is_refused_alone() {
     assert!(body.contains("NUL"), "{body}");
 
     let stored = node.store.open().await.all_events().await.unwrap();
-    assert_eq!(stored.len(), 3 + 20, "create, two joins and a's 20 messages");
+    assert_eq!(
+        stored.len(),
+        3 + 20,
+        "create, two joins and a's 20 messages"
+    );
     assert!(stored
         .iter()
         .all(|e| !e.message.as_deref().unwrap_or("").contains('\0')));
@@ -180,9 +184,13 @@ async fn a_message_the_database_refuses_fails_alone_not_its_batch() {
         .await;
     let stored = node.store.open().await.all_events().await.unwrap();
     assert_eq!(stored.len(), 20, "the create and 19 messages");
-    assert!(stored.iter().all(|e| e.message.as_deref() != Some("poison")));
+    assert!(stored
+        .iter()
+        .all(|e| e.message.as_deref() != Some("poison")));
     // The client never sees the database's words.
-    assert!(!got.iter().any(|r| r.to_string().contains("hostile_test_poison")));
+    assert!(!got
+        .iter()
+        .any(|r| r.to_string().contains("hostile_test_poison")));
     // And the room goes on.
     let ack = c
         .ok(json!({"type":"message","room":"r","message":"after"}))
@@ -241,7 +249,10 @@ fn malformed_frames() -> Vec<(String, Option<&'static str>)> {
         Some("invalid_json"),
     );
     // Numbers too large for any type.
-    add(r#"{"type":"ping","ref":1e400}"#.into(), Some("invalid_json"));
+    add(
+        r#"{"type":"ping","ref":1e400}"#.into(),
+        Some("invalid_json"),
+    );
     add(
         r#"{"type":"history","room":"nope","since":-1e400}"#.into(),
         Some("invalid_json"),
@@ -282,12 +293,11 @@ fn malformed_frames() -> Vec<(String, Option<&'static str>)> {
         );
     }
     // NUL and other control characters in every string field.
-    for ch in ["\\u0000", "\\u0001", "\\u0007", "\\u001b", "\\u007f", "\\u0085"] {
+    for ch in [
+        "\\u0000", "\\u0001", "\\u0007", "\\u001b", "\\u007f", "\\u0085",
+    ] {
         let nul = ch == "\\u0000";
-        add(
-            format!(r#"{{"type":"ping{ch}"}}"#),
-            Some("unknown_type"),
-        );
+        add(format!(r#"{{"type":"ping{ch}"}}"#), Some("unknown_type"));
         add(
             format!(r#"{{"type":"join","room":"r{ch}"}}"#),
             Some("invalid_room"),
@@ -328,11 +338,19 @@ fn malformed_frames() -> Vec<(String, Option<&'static str>)> {
             );
             add(
                 format!(r#"{{"type":"join","room":"nope","since":{v}}}"#),
-                Some(if v == "5" { "no_such_room" } else { "invalid_field" }),
+                Some(if v == "5" {
+                    "no_such_room"
+                } else {
+                    "invalid_field"
+                }),
             );
             add(
                 format!(r#"{{"type":"history","room":"nope","limit":{v}}}"#),
-                Some(if v == "5" { "no_such_room" } else { "invalid_field" }),
+                Some(if v == "5" {
+                    "no_such_room"
+                } else {
+                    "invalid_field"
+                }),
             );
         }
         // user_id null counts as absent; 5 is user "5", not this connection's.
@@ -345,18 +363,27 @@ fn malformed_frames() -> Vec<(String, Option<&'static str>)> {
             }),
         );
         if v != "5" {
-            add(format!(r#"{{"type":"ping","ref":{v}}}"#), Some("invalid_field"));
+            add(
+                format!(r#"{{"type":"ping","ref":{v}}}"#),
+                Some("invalid_field"),
+            );
         }
     }
     // Ids, refs, rooms and user ids of 500 characters; strings of 60 KiB.
     for n in [65, 500, 60 * 1024] {
         let s = long(n);
-        add(format!(r#"{{"type":"join","room":"{s}"}}"#), Some("invalid_room"));
+        add(
+            format!(r#"{{"type":"join","room":"{s}"}}"#),
+            Some("invalid_room"),
+        );
         add(
             format!(r#"{{"type":"join","room":"nope","user_id":"{s}"}}"#),
             Some("invalid_field"),
         );
-        add(format!(r#"{{"type":"ping","ref":"{s}"}}"#), Some("invalid_field"));
+        add(
+            format!(r#"{{"type":"ping","ref":"{s}"}}"#),
+            Some("invalid_field"),
+        );
         add(
             format!(r#"{{"type":"message","room":"nope","message":"m","client_msg_id":"{s}"}}"#),
             Some("invalid_field"),
@@ -364,7 +391,10 @@ fn malformed_frames() -> Vec<(String, Option<&'static str>)> {
         add(format!(r#"{{"type":"{s}"}}"#), Some("unknown_type"));
     }
     add(
-        format!(r#"{{"type":"message","room":"nope","message":"{}"}}"#, long(60 * 1024)),
+        format!(
+            r#"{{"type":"message","room":"nope","message":"{}"}}"#,
+            long(60 * 1024)
+        ),
         Some("message_too_long"),
     );
     add(
@@ -375,7 +405,9 @@ fn malformed_frames() -> Vec<(String, Option<&'static str>)> {
         Some("message_too_long"),
     );
     // Unknown types, empty objects, fields that do not belong.
-    for t in ["dance", "", "PING", "ping ", "hello", "ack", "error", "internal"] {
+    for t in [
+        "dance", "", "PING", "ping ", "hello", "ack", "error", "internal",
+    ] {
         add(format!(r#"{{"type":"{t}"}}"#), Some("unknown_type"));
     }
     add("{}".into(), Some("unknown_type"));
@@ -392,8 +424,14 @@ fn malformed_frames() -> Vec<(String, Option<&'static str>)> {
         r#"{"type":"leave","room":"nope","user_id":"someone-else"}"#.into(),
         Some("user_mismatch"),
     );
-    add(r#"{"type":"members","room":"nope"}"#.into(), Some("no_such_room"));
-    add(r#"{"type":"history","room":"nope"}"#.into(), Some("no_such_room"));
+    add(
+        r#"{"type":"members","room":"nope"}"#.into(),
+        Some("no_such_room"),
+    );
+    add(
+        r#"{"type":"history","room":"nope"}"#.into(),
+        Some("no_such_room"),
+    );
 
     // Each kind again with an unknown field of growing size beside it, until 500.
     let kinds = base.len();
@@ -435,8 +473,7 @@ async fn malformed_frames_get_protocol_errors_and_the_node_stays_healthy(backend
         } else {
             c.send_text(frame.clone()).await;
         }
-        let reply = match tokio::time::timeout(common::FRAME_TIMEOUT, c.try_recv_or_close()).await
-        {
+        let reply = match tokio::time::timeout(common::FRAME_TIMEOUT, c.try_recv_or_close()).await {
             Ok(Ok(f)) => f,
             Ok(Err(code)) => panic!("frame {i} closed the connection ({code:?}): {frame:.200}"),
             Err(_) => panic!("no reply to frame {i} in time: {frame:.200}"),
@@ -470,9 +507,7 @@ async fn malformed_frames_get_protocol_errors_and_the_node_stays_healthy(backend
     let mut d = node.client().await;
     d.ok(json!({"user_id":"d","type":"join","room":"after"}))
         .await;
-    let h = d
-        .reply(json!({"type":"history","room":"after"}))
-        .await;
+    let h = d.reply(json!({"type":"history","room":"after"})).await;
     assert_eq!(h["events"].as_array().map(Vec::len), Some(3), "{h}");
     let log = node.log_lines().join("\n");
     assert!(!log.contains("panicked"), "{log}");
