@@ -4,6 +4,8 @@
 
 mod common;
 
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use common::{Backend, Client, CutProxy, TestNode};
@@ -87,32 +89,10 @@ async fn a_client_that_stops_reading_is_evicted_with_4000_and_slows_nobody() {
     poster.recv().await;
     poster.recv().await;
     // The healthy reader drains while the slow one reads nothing at all.
-    let reader = tokio::spawn(async move {
-        let mut seqs = Vec::new();
-        while seqs.len() < N {
-            let f = healthy.recv().await;
-            if f["type"] == "message" {
-                seqs.push(f["seq"].as_i64().unwrap());
-            }
-        }
-        seqs
-    });
+    let reader = read_messages(healthy, N);
     // 30 MB in all, ten messages in flight at a time.
-    let big = "x".repeat(50_000);
-    for window in 0..N / 10 {
-        for k in 0..10 {
-            poster
-                .send(json!({"type":"message","room":"r","message":big,"ref":window * 10 + k}))
-                .await;
-        }
-        let mut acks = 0;
-        while acks < 10 {
-            if poster.recv().await["type"] == "ack" {
-                acks += 1;
-            }
-        }
-    }
-    let seqs = tokio::time::timeout(Duration::from_secs(60), reader)
+    post_in_windows(&mut poster, "r", N, &"x".repeat(50_000), &reader).await;
+    let seqs = tokio::time::timeout(Duration::from_secs(60), reader.task)
         .await
         .expect("the healthy client gets every message in time")
         .unwrap();
@@ -256,6 +236,57 @@ async fn a_full_writer_queue_answers_unavailable_and_stores_nothing_of_it() {
     assert_eq!(stored, acked, "exactly the acked messages are stored");
 }
 
+/// A member that reads: its task collects the seqs of `n` messages in
+/// arrival order, and `progress` says how many it has read so far.
+struct Reader {
+    task: tokio::task::JoinHandle<Vec<i64>>,
+    progress: Arc<AtomicUsize>,
+}
+
+fn read_messages(mut c: Client, n: usize) -> Reader {
+    let progress = Arc::new(AtomicUsize::new(0));
+    let read = progress.clone();
+    let task = tokio::spawn(async move {
+        let mut seqs = Vec::new();
+        while seqs.len() < n {
+            let f = c.recv().await;
+            if f["type"] == "message" {
+                seqs.push(f["seq"].as_i64().unwrap());
+                read.store(seqs.len(), Ordering::Relaxed);
+            }
+        }
+        seqs
+    });
+    Reader { task, progress }
+}
+
+/// Posts `n` copies of `text` to `room`, ten in flight at a time; every one
+/// must be acked. A window goes out only once `reader` has read the ones
+/// before it, so that the reading member is never a slow consumer itself,
+/// however slow the machine.
+async fn post_in_windows(poster: &mut Client, room: &str, n: usize, text: &str, reader: &Reader) {
+    for window in 0..n / 10 {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while reader.progress.load(Ordering::Relaxed) < window * 10 {
+            assert!(Instant::now() < deadline, "the reading member fell behind");
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        }
+        for k in 0..10 {
+            poster
+                .send(json!({"type":"message","room":room,"message":text,"ref":window * 10 + k}))
+                .await;
+        }
+        let mut acks = 0;
+        while acks < 10 {
+            let f = poster.recv().await;
+            assert_ne!(f["type"], "error", "{f}");
+            if f["type"] == "ack" {
+                acks += 1;
+            }
+        }
+    }
+}
+
 /// The node's resident memory, from /proc.
 fn rss_bytes(pid: u32) -> u64 {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("/proc status");
@@ -286,8 +317,10 @@ async fn two_hundred_clients_that_stop_reading_cost_a_bounded_number_of_bytes() 
         .await;
     let mut slow = Vec::new();
     for i in 0..SLOW {
-        // A 4 KiB receive buffer: the kernel stops taking data almost at once.
-        let mut c = Client::connect_small_buffer(&node.addr, 4096).await;
+        // A small receive buffer, so the kernel stops taking data soon; not
+        // the smallest, so that reading what is buffered up to the close
+        // at the end takes seconds, not minutes.
+        let mut c = Client::connect_small_buffer(&node.addr, 64 * 1024).await;
         c.ok(json!({"user_id":format!("s{i}"),"type":"join","room":"r"}))
             .await;
         slow.push(c);
@@ -295,44 +328,20 @@ async fn two_hundred_clients_that_stop_reading_cost_a_bounded_number_of_bytes() 
     // The joins' events reach the poster and the healthy reader first.
     let start = rss_bytes(node.pid());
     let pid = node.pid();
-    let peak = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(start));
+    let peak = Arc::new(std::sync::atomic::AtomicU64::new(start));
     let sampler = {
         let peak = peak.clone();
         tokio::spawn(async move {
             loop {
-                peak.fetch_max(rss_bytes(pid), std::sync::atomic::Ordering::Relaxed);
+                peak.fetch_max(rss_bytes(pid), Ordering::Relaxed);
                 tokio::time::sleep(Duration::from_millis(50)).await;
             }
         })
     };
-    let reader = tokio::spawn(async move {
-        let mut seqs = Vec::new();
-        while seqs.len() < N {
-            let f = healthy.recv().await;
-            if f["type"] == "message" {
-                seqs.push(f["seq"].as_i64().unwrap());
-            }
-        }
-        seqs
-    });
+    let reader = read_messages(healthy, N);
     // 12 MB in all: 3,000 messages of 4,000 characters, ten in flight at a time.
-    let text = "x".repeat(4000);
-    for window in 0..N / 10 {
-        for k in 0..10 {
-            poster
-                .send(json!({"type":"message","room":"r","message":text,"ref":window * 10 + k}))
-                .await;
-        }
-        let mut acks = 0;
-        while acks < 10 {
-            let f = poster.recv().await;
-            assert_ne!(f["type"], "error", "{f}");
-            if f["type"] == "ack" {
-                acks += 1;
-            }
-        }
-    }
-    let seqs = tokio::time::timeout(Duration::from_secs(120), reader)
+    post_in_windows(&mut poster, "r", N, &"x".repeat(4000), &reader).await;
+    let seqs = tokio::time::timeout(Duration::from_secs(120), reader.task)
         .await
         .expect("the reading member gets every message in time")
         .unwrap();

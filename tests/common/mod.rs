@@ -401,11 +401,8 @@ pub struct Client {
 }
 
 impl Client {
-    pub async fn connect(url: &str) -> Client {
-        let (ws, _) = tokio::time::timeout(FRAME_TIMEOUT, tokio_tungstenite::connect_async(url))
-            .await
-            .expect("connect in time")
-            .unwrap_or_else(|e| panic!("connect {url}: {e}"));
+    /// A client on an open WebSocket, once it has read the server's `hello`.
+    async fn greeted(ws: WebSocketStream<MaybeTlsStream<TcpStream>>) -> Client {
         let mut c = Client {
             ws,
             hello: Value::Null,
@@ -414,6 +411,14 @@ impl Client {
         c.hello = c.recv().await;
         assert_eq!(c.hello["type"], "hello", "first frame: {}", c.hello);
         c
+    }
+
+    pub async fn connect(url: &str) -> Client {
+        let (ws, _) = tokio::time::timeout(FRAME_TIMEOUT, tokio_tungstenite::connect_async(url))
+            .await
+            .expect("connect in time")
+            .unwrap_or_else(|e| panic!("connect {url}: {e}"));
+        Client::greeted(ws).await
     }
 
     /// Connects over a socket whose kernel receive buffer is `rcvbuf` bytes,
@@ -434,13 +439,7 @@ impl Client {
         .await
         .expect("handshake in time")
         .unwrap_or_else(|e| panic!("connect {url}: {e}"));
-        let mut c = Client {
-            ws,
-            hello: Value::Null,
-            next_ref: 0,
-        };
-        c.hello = c.recv().await;
-        c
+        Client::greeted(ws).await
     }
 
     /// Connects with extra handshake headers (`Authorization`, `Origin`, ...).
@@ -457,14 +456,7 @@ impl Client {
             .await
             .expect("connect in time")
             .unwrap_or_else(|e| panic!("connect {url}: {e}"));
-        let mut c = Client {
-            ws,
-            hello: Value::Null,
-            next_ref: 0,
-        };
-        c.hello = c.recv().await;
-        assert_eq!(c.hello["type"], "hello", "first frame: {}", c.hello);
-        c
+        Client::greeted(ws).await
     }
 
     pub async fn send(&mut self, v: Value) {
