@@ -2,6 +2,7 @@
 //! runs a node (`confab`, `confab serve`), migrates its store (`confab
 //! migrate`) or prints a token for token mode (`confab token USER`).
 
+use std::io::Write as _;
 use std::process::ExitCode;
 
 use clap::Parser;
@@ -58,10 +59,15 @@ fn token(config: &Config, user: &confab::protocol::UserId, ttl: std::time::Durat
         return ExitCode::from(2);
     };
     match auth.sign(user, ttl) {
-        Ok(token) => {
-            println!("{token}");
-            ExitCode::SUCCESS
-        }
+        // The token is this command's output, for a shell or a script: stdout,
+        // not the log.
+        Ok(token) => match writeln!(std::io::stdout().lock(), "{token}") {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                log::error!("cannot write the token: {e}");
+                ExitCode::FAILURE
+            }
+        },
         Err(e) => {
             log::error!("{e:#}");
             ExitCode::from(2)

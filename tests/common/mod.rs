@@ -277,27 +277,8 @@ impl Drop for TestNode {
 
 /// A minimal HTTP/1.1 client: one request per connection.
 pub async fn http(addr: &str, method: &str, path: &str, body: Option<&Value>) -> (u16, String) {
-    let mut stream = TcpStream::connect(addr).await.expect("connect http");
-    let body = body.map(|b| b.to_string()).unwrap_or_default();
-    let req = format!(
-        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\
-         Content-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
-        body.len()
-    );
-    stream.write_all(req.as_bytes()).await.expect("write http");
-    let mut raw = Vec::new();
-    tokio::time::timeout(FRAME_TIMEOUT, stream.read_to_end(&mut raw))
-        .await
-        .expect("http response in time")
-        .expect("read http");
-    let text = String::from_utf8_lossy(&raw).to_string();
-    let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
-    let status = head
-        .split_whitespace()
-        .nth(1)
-        .and_then(|s| s.parse().ok())
-        .unwrap_or_else(|| panic!("bad http response: {text}"));
-    (status, body.to_string())
+    let (status, _, body) = http_with(addr, method, path, &[], body).await;
+    (status, body)
 }
 
 /// One HTTP/1.1 request with extra headers (one connection, closed after
