@@ -1,23 +1,27 @@
 //! `confab-bench`: the load generator for Confab, plus the "floor" server it is compared with.
 //!
-//! This file owns the command line and hands it to one of three commands:
+//! This file owns the command line and hands it to one of four commands:
 //!
 //! - without a subcommand, the open-loop load run (`load.rs`, with `load/`): `--clients`
 //!   connections, `--senders` of them writing at `--rate`, every delivery checked for loss,
 //!   duplicates and order and timed end to end; `--find-max` steps the rate up;
 //! - `confab-bench floor --port P`, the floor server (`floor.rs`): the simplest broadcast
 //!   server for the bench's protocol subset, the machine's practical floor;
-//! - `confab-bench resume`, the resume storm (W4): see `resume.rs`.
+//! - `confab-bench resume`, the resume storm (W4): see `resume.rs`;
+//! - `confab-bench soak`, a bounded soak of one node (steady load, churn, slow readers;
+//!   RSS, fds and connections over minutes): see `soak.rs`, with `soak/`.
 //!
 //! Shared by them: `ws.rs` (the WebSocket client side), `procfs.rs` (RSS and CPU from
 //! `/proc`) and `util.rs`.
 //!
-//! Exit codes: 0 done; 1 `--check` failed; 2 usage error, setup failure or hard deadline.
+//! Exit codes: 0 done; 1 `--check` failed (the soak: gaps, duplicates or the node died);
+//! 2 usage error, setup failure or hard deadline.
 
 mod floor;
 mod load;
 mod procfs;
 mod resume;
+mod soak;
 mod util;
 mod ws;
 
@@ -48,6 +52,8 @@ enum Command {
     Floor(floor::FloorArgs),
     /// The resume storm: kill a node under load, every dropped client resumes with `since`.
     Resume(resume::ResumeArgs),
+    /// A bounded soak of one node: steady load, churn and slow readers for --minutes; RSS, fds, connections.
+    Soak(soak::SoakArgs),
 }
 
 fn main() {
@@ -74,6 +80,7 @@ fn main() {
         match cli.command {
             Some(Command::Floor(args)) => floor::main(args).await,
             Some(Command::Resume(args)) => resume::main(args).await,
+            Some(Command::Soak(args)) => soak::main(args).await,
             None => load::main(cli.load).await,
         }
     });
