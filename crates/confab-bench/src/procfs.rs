@@ -1,5 +1,5 @@
-//! Readings from `/proc`: a process's resident memory (RSS) and its CPU time, for the
-//! server processes given with `--pid` and for the bench itself ("self").
+//! Readings from `/proc`: a process's resident memory (RSS, and its anonymous part) and its
+//! CPU time, for the server processes given with `--pid` and for the bench itself ("self").
 
 use anyhow::{anyhow, Context, Result};
 
@@ -8,13 +8,18 @@ const CLOCK_TICKS_PER_S: f64 = 100.0;
 
 /// VmRSS of a process ("self" or a pid), in KiB.
 pub(crate) fn read_rss_kib(pid: impl std::fmt::Display) -> Result<u64> {
+    read_status_kib(pid, "VmRSS")
+}
+
+/// One `kB` field of `/proc/PID/status` (`VmRSS`, `RssAnon`, `RssFile`, ...), in KiB.
+pub(crate) fn read_status_kib(pid: impl std::fmt::Display, field: &str) -> Result<u64> {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status"))
         .with_context(|| format!("reading /proc/{pid}/status"))?;
     status
         .lines()
-        .find_map(|line| line.strip_prefix("VmRSS:"))
+        .find_map(|line| line.strip_prefix(field)?.strip_prefix(':'))
         .and_then(|rest| rest.split_whitespace().next()?.parse().ok())
-        .ok_or_else(|| anyhow!("no VmRSS in /proc/{pid}/status"))
+        .ok_or_else(|| anyhow!("no {field} in /proc/{pid}/status"))
 }
 
 pub(crate) fn server_rss_kib(pids: &[u32]) -> Result<u64> {

@@ -112,6 +112,8 @@ struct Tally {
     sent: AtomicU64,
     acked: AtomicU64,
     evictions: AtomicU64,
+    /// Of them, 4000s that came before the resume's joins were all acked.
+    evicted_joining: AtomicU64,
     /// Slow readers cut by a reset rather than a 4000 (the node's TCP_USER_TIMEOUT).
     cut: AtomicU64,
     resumes: AtomicU64,

@@ -41,6 +41,18 @@ pub(super) enum Churn {
 /// enough to drain what the node's kernel and write buffer hold and reach a 4000.
 const OUTLASTED_AFTER: Duration = Duration::from_secs(5);
 
+/// A 4000 before every join was acked (a slow reader resuming many rooms).
+#[derive(Debug)]
+struct EvictedWhileJoining;
+
+impl std::fmt::Display for EvictedWhileJoining {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("evicted (4000) while joining")
+    }
+}
+
+impl std::error::Error for EvictedWhileJoining {}
+
 /// How one connection ended.
 enum Ending {
     Done,
@@ -134,6 +146,11 @@ impl Client {
             }
             match self.open().await {
                 Ok(ws) => return Some(ws),
+                Err(e) if e.is::<EvictedWhileJoining>() => {
+                    // Its resume's replays and the live events outran it: evicted again.
+                    self.shared.tally.evictions.fetch_add(1, Relaxed);
+                    self.shared.tally.evicted_joining.fetch_add(1, Relaxed);
+                }
                 Err(e) => {
                     self.shared.tally.error(format!("open: {e:#}"));
                     sleep(backoff).await;
@@ -161,7 +178,10 @@ impl Client {
             .map_err(|_| anyhow!("joins not acked within 30 s"))?;
             match frame {
                 Some(Ok(Message::Text(text))) => self.track.on_text(&text),
-                Some(Ok(Message::Close(frame))) => bail!("closed during the joins: {frame:?}"),
+                Some(Ok(Message::Close(frame))) => match frame.map(|f| u16::from(f.code)) {
+                    Some(4000) => return Err(EvictedWhileJoining.into()),
+                    code => bail!("closed during the joins ({code:?})"),
+                },
                 Some(Ok(_)) => {}
                 Some(Err(e)) => bail!("{e}"),
                 None => bail!("closed during the joins"),

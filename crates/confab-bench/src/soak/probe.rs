@@ -1,5 +1,6 @@
-//! What the soak reads from the node: its RSS (`/proc/PID/status` VmRSS), its open file
-//! descriptors (entries of `/proc/PID/fd`), whether it still runs, and from its `/metrics`
+//! What the soak reads from the node: its RSS (`/proc/PID/status` VmRSS, and RssAnon: the
+//! heap and stacks, without the binary's pages that a debug build touches bit by bit), its
+//! open file descriptors (entries of `/proc/PID/fd`), whether it still runs, and from its `/metrics`
 //! the `confab_connections` gauge and the `confab_evictions_total` counter. `/metrics` is
 //! fetched with a plain HTTP/1.0 GET on the port of the soak's WebSocket URL.
 
@@ -14,7 +15,7 @@ use tokio_tungstenite::tungstenite::http::Uri;
 
 use super::report::Sample;
 use super::Tally;
-use crate::procfs::read_rss_kib;
+use crate::procfs::{read_rss_kib, read_status_kib};
 
 pub(super) struct Probe {
     pid: u32,
@@ -103,9 +104,11 @@ impl Probe {
         Sample {
             elapsed_s: elapsed.as_secs_f64(),
             rss_kib: self.sample_rss().ok(),
+            rss_anon_kib: read_status_kib(self.pid, "RssAnon").ok(),
             fds: self.open_fds(),
             connections: metrics.connections,
             node_evictions: metrics.evictions,
+            threads: read_status_kib(self.pid, "Threads").ok(),
             open: tally.open.load(Relaxed),
             sent: tally.sent.load(Relaxed),
             acked: tally.acked.load(Relaxed),

@@ -19,7 +19,10 @@ use crate::util::lock;
 pub(super) struct Sample {
     pub(super) elapsed_s: f64,
     pub(super) rss_kib: Option<u64>,
+    /// RssAnon: heap and stacks.
+    pub(super) rss_anon_kib: Option<u64>,
     pub(super) fds: Option<u64>,
+    pub(super) threads: Option<u64>,
     /// The node's `confab_connections` gauge.
     pub(super) connections: Option<u64>,
     /// The node's `confab_evictions_total`.
@@ -63,12 +66,17 @@ pub(super) struct SoakReport {
     /// Highest RSS sampled between 1 and 2 minutes in: the reference for `levelled_off`.
     pub(super) rss_reference_kib: Option<u64>,
     pub(super) levelled_off: Option<bool>,
+    pub(super) rss_anon_start_kib: Option<u64>,
+    pub(super) rss_anon_1min_kib: Option<u64>,
+    pub(super) rss_anon_end_kib: Option<u64>,
     pub(super) sent: u64,
     pub(super) acked: u64,
     pub(super) stalls: u64,
     /// Stalls that ended without a 4000: the reader closed and resumed on a new socket.
     pub(super) outlasted: u64,
     pub(super) evictions: u64,
+    /// Of them, 4000s before the resume's joins were all acked.
+    pub(super) evicted_joining: u64,
     /// Slow readers cut by a reset (the node's TCP_USER_TIMEOUT) rather than a 4000.
     pub(super) cut: u64,
     pub(super) resumes: u64,
@@ -116,6 +124,7 @@ impl SoakReport {
         self.stalls = tally.stalls.load(Relaxed);
         self.outlasted = tally.outlasted.load(Relaxed);
         self.evictions = tally.evictions.load(Relaxed);
+        self.evicted_joining = tally.evicted_joining.load(Relaxed);
         self.cut = tally.cut.load(Relaxed);
         self.resumes = tally.resumes.load(Relaxed);
         self.not_recovered = tally.not_recovered.load(Relaxed);
@@ -227,20 +236,31 @@ pub(super) fn print_summary(r: &SoakReport) {
         None => "not judged (run shorter than 2 min)",
     };
     println!(
+        "  RssAnon (heap and stacks): start {}, after 1 min {}, end {}",
+        mib(r.rss_anon_start_kib),
+        mib(r.rss_anon_1min_kib),
+        mib(r.rss_anon_end_kib)
+    );
+    println!(
         "  memory levelled off: {levelled} (end within 20 % or 4 MiB of the 1-2 min peak {})",
         mib(r.rss_reference_kib)
     );
     if let Some(last) = r.samples.last() {
         println!(
-            "  at the end: {} fds, {} connections on the node, {} open by the soak",
+            "  at the end: {} fds, {} connections on the node, {} threads; {} open by the soak",
             or_dash(last.fds),
             or_dash(last.connections),
+            or_dash(last.threads),
             last.open
         );
     }
     println!(
-        "  sent {}, acked {}; {} stalls: {} evictions (4000) seen, {} outlasted, {} cut by reset; {} resumes (recovered), {} not recovered",
-        r.sent, r.acked, r.stalls, r.evictions, r.outlasted, r.cut, r.resumes, r.not_recovered
+        "  sent {}, acked {}; {} stalls: {} evictions (4000) seen ({} while resuming), {} outlasted, {} cut by reset",
+        r.sent, r.acked, r.stalls, r.evictions, r.evicted_joining, r.outlasted, r.cut
+    );
+    println!(
+        "  {} resumes (recovered), {} not recovered",
+        r.resumes, r.not_recovered
     );
     println!(
         "  {} churns, {} reconnects; gaps {}, duplicates {}, client-rooms behind at the end {} ({} events)",
