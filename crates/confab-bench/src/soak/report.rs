@@ -170,6 +170,10 @@ fn mib(kib: Option<u64>) -> String {
     kib.map_or("-".to_owned(), |k| format!("{:.1} MiB", k as f64 / MIB))
 }
 
+fn one_decimal_mib(kib: Option<u64>) -> String {
+    kib.map_or("-".to_owned(), |k| format!("{:.1}", k as f64 / MIB))
+}
+
 fn or_dash(v: Option<u64>) -> String {
     v.map_or("-".to_owned(), |v| v.to_string())
 }
@@ -178,9 +182,10 @@ fn or_dash(v: Option<u64>) -> String {
 pub(super) fn print_line(s: &Sample, header: bool) {
     if header {
         println!(
-            "{:>6} {:>8} {:>5} {:>6} {:>8} {:>8} {:>11} {:>7} {:>6} {:>6} {:>5} {:>5}",
+            "{:>6} {:>8} {:>5} {:>5} {:>6} {:>8} {:>8} {:>11} {:>7} {:>6} {:>6} {:>5} {:>5}",
             "time",
             "rss_MiB",
+            "anon",
             "fds",
             "conns",
             "sent",
@@ -195,11 +200,11 @@ pub(super) fn print_line(s: &Sample, header: bool) {
     }
     let t = s.elapsed_s.round() as u64;
     println!(
-        "{:>3}:{:02} {:>8} {:>5} {:>6} {:>8} {:>8} {:>11} {:>7} {:>6} {:>6} {:>5} {:>5}",
+        "{:>3}:{:02} {:>8} {:>5} {:>5} {:>6} {:>8} {:>8} {:>11} {:>7} {:>6} {:>6} {:>5} {:>5}",
         t / 60,
         t % 60,
-        s.rss_kib
-            .map_or("-".to_owned(), |k| format!("{:.1}", k as f64 / MIB)),
+        one_decimal_mib(s.rss_kib),
+        one_decimal_mib(s.rss_anon_kib),
         or_dash(s.fds),
         or_dash(s.connections),
         s.sent,
