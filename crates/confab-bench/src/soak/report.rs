@@ -134,13 +134,14 @@ impl SoakReport {
         self.duplicates = tally.duplicates.load(Relaxed);
         self.errors = lock(&tally.errors).clone();
         let rss = |s: &Sample| s.rss_kib;
+        let anon = |s: &Sample| s.rss_anon_kib;
+        let minute = self.samples.iter().find(|s| s.elapsed_s >= 59.5);
         self.rss_start_kib = self.samples.first().and_then(rss);
-        self.rss_1min_kib = self
-            .samples
-            .iter()
-            .find(|s| s.elapsed_s >= 59.5)
-            .and_then(rss);
+        self.rss_1min_kib = minute.and_then(rss);
         self.rss_end_kib = self.samples.last().and_then(rss);
+        self.rss_anon_start_kib = self.samples.first().and_then(anon);
+        self.rss_anon_1min_kib = minute.and_then(anon);
+        self.rss_anon_end_kib = self.samples.last().and_then(anon);
         self.rss_reference_kib = self
             .samples
             .iter()
