@@ -372,4 +372,33 @@ mod tests {
         assert_eq!(seqs(&out), [Some(1), None, None, None, None]);
         assert_eq!(*store.calls.lock().unwrap(), [5, 1, 1]);
     }
+
+    #[tokio::test]
+    async fn the_queue_refuses_past_its_bytes_and_gives_them_back_when_taken() {
+        let (tx, mut rx) = mpsc::channel(100);
+        let handle = WriterHandle {
+            tx,
+            queued_bytes: Arc::default(),
+            max_bytes: 3000,
+        };
+        let job = |text: &str| AppendJob {
+            request: batch(&[text]).remove(0),
+            origin: Origin::Http(tokio::sync::oneshot::channel().0),
+        };
+        let big = "x".repeat(1200);
+        assert!(handle.try_append(job(&big)).is_ok());
+        assert!(handle.try_append(job(&big)).is_ok());
+        let refused = handle.try_append(job(&big));
+        assert!(refused.is_err(), "the third passes 3,000 bytes");
+        assert!(
+            handle.try_append(job("small")).is_ok(),
+            "a small one still fits"
+        );
+        // What the writer takes frees its bytes.
+        let taken = rx.recv().await.unwrap();
+        handle
+            .queued_bytes
+            .fetch_sub(taken.bytes(), Ordering::Relaxed);
+        assert!(handle.try_append(job(&big)).is_ok());
+    }
 }

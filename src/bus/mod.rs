@@ -198,3 +198,35 @@ impl Bus {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::protocol::{EventKind, RoomName, UserId};
+
+    fn batch(n: usize, text_bytes: usize) -> Vec<LiveEvent> {
+        (0..n)
+            .map(|i| LiveEvent {
+                room: RoomName::parse("r").unwrap(),
+                seq: i as i64 + 1,
+                kind: EventKind::Message,
+                user: UserId::parse("u").unwrap(),
+                frame: "x".repeat(text_bytes).into(),
+            })
+            .collect()
+    }
+
+    #[test]
+    fn the_publish_queue_is_bounded_in_events_and_in_bytes() {
+        let (queue, mut rx) = PublishQueue::new();
+        assert!(queue.offer(batch(PUBLISH_MAX_EVENTS - 1, 10)));
+        assert!(!queue.offer(batch(2, 10)), "one event too many");
+        assert!(queue.offer(batch(1, 10)));
+        let first = rx.try_recv().unwrap();
+        queue.done(&first);
+        assert_eq!(queue.backlog(), 1);
+        // Bytes: a few big events fill it long before the event count does.
+        assert!(queue.offer(batch(3, PUBLISH_MAX_BYTES / 4)));
+        assert!(!queue.offer(batch(2, PUBLISH_MAX_BYTES / 4)));
+    }
+}
