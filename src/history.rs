@@ -1,15 +1,46 @@
-//! The one history read, for `history` on a socket and
-//! `GET /rooms/{room}/events` alike: who may read, then the page, cut to fit
-//! the connection's outbound bound.
+//! The reads that could reveal a private room, for a socket and the REST
+//! API alike: `history` (cut to fit the connection's outbound bound),
+//! `members` and `bans`. Each checks its reader where membership is stored
+//! (not a node's memory, which may not have heard of a kick yet), and an
+//! outsider of a private room gets `no_such_room` as for a room that does
+//! not exist. Also `block`, the one write that is not an event.
 
 use crate::metrics::Metrics;
-use crate::protocol::{HistoryRange, ProtoError, RoomName, UserId};
-use crate::store::{EventStore, Page};
+use crate::protocol::{BanInfo, HistoryRange, ProtoError, Role, RoomName, UserId};
+use crate::store::{EventStore, Need, Page, StoreError};
+
+/// A store failure, logged and answered `unavailable`: its text never
+/// reaches a client.
+fn unavailable(metrics: &Metrics, what: &str, room: Option<&RoomName>, e: StoreError) -> ProtoError {
+    match room {
+        Some(room) => log::error!("{what} of {room} failed: {e}"),
+        None => log::error!("{what} failed: {e}"),
+    }
+    metrics.store_errors.inc();
+    ProtoError::unavailable()
+}
+
+/// Checks that `reader` may read `room` as `need` says.
+async fn check(
+    store: &dyn EventStore,
+    metrics: &Metrics,
+    room: &RoomName,
+    reader: Option<&UserId>,
+    need: Need,
+) -> Result<(), ProtoError> {
+    let access = store
+        .access(room, reader)
+        .await
+        .map_err(|e| unavailable(metrics, "the access check", Some(room), e))?;
+    match access.check(reader, need) {
+        Some(refusal) => Err(refusal.to_error(room, None)),
+        None => Ok(()),
+    }
+}
 
 /// A page of `room`'s events for `reader` (`None`: the REST API in open
-/// mode, which only needs the room to exist), at most `max_bytes` of event
-/// JSON (see [`fit`]). Store errors are logged and answered `unavailable`:
-/// their text never reaches a client.
+/// mode, which reads public rooms only), at most `max_bytes` of event JSON
+/// (see [`fit`]).
 pub async fn read(
     store: &dyn EventStore,
     metrics: &Metrics,
@@ -18,25 +49,55 @@ pub async fn read(
     range: HistoryRange,
     max_bytes: usize,
 ) -> Result<Page, ProtoError> {
-    let page = async {
-        match store.check_reader(room, reader).await? {
-            Some(refusal) => Ok(Err(refusal.to_error(room))),
-            None => Ok(Ok(store.events(room, range).await?)),
-        }
-    };
-    match page.await {
-        Ok(Ok(mut page)) => {
-            fit(&mut page, range.since.is_none(), max_bytes);
-            Ok(page)
-        }
-        Ok(Err(refusal)) => Err(refusal),
-        Err(e) => {
-            let e: crate::store::StoreError = e;
-            log::error!("history read of {room} failed: {e}");
-            metrics.store_errors.inc();
-            Err(ProtoError::unavailable())
-        }
-    }
+    check(store, metrics, room, reader, Need::Member).await?;
+    let mut page = store
+        .events(room, range)
+        .await
+        .map_err(|e| unavailable(metrics, "history read", Some(room), e))?;
+    fit(&mut page, range.since.is_none(), max_bytes);
+    Ok(page)
+}
+
+/// `members`: anyone may list a public room's; a private room's only its members.
+pub async fn members(
+    store: &dyn EventStore,
+    metrics: &Metrics,
+    room: &RoomName,
+    reader: Option<&UserId>,
+) -> Result<Vec<(UserId, Role)>, ProtoError> {
+    check(store, metrics, room, reader, Need::Visible).await?;
+    store
+        .members(room)
+        .await
+        .map_err(|e| unavailable(metrics, "members read", Some(room), e))
+}
+
+/// `bans`: for the owner and admins.
+pub async fn bans(
+    store: &dyn EventStore,
+    metrics: &Metrics,
+    room: &RoomName,
+    reader: Option<&UserId>,
+) -> Result<Vec<BanInfo>, ProtoError> {
+    check(store, metrics, room, reader, Need::Moderator).await?;
+    store
+        .bans(room)
+        .await
+        .map_err(|e| unavailable(metrics, "bans read", Some(room), e))
+}
+
+/// `block` (`on`) or `unblock`.
+pub async fn block(
+    store: &dyn EventStore,
+    metrics: &Metrics,
+    user: &UserId,
+    blocked: &UserId,
+    on: bool,
+) -> Result<(), ProtoError> {
+    store
+        .set_block(user, blocked, on)
+        .await
+        .map_err(|e| unavailable(metrics, "block", None, e))
 }
 
 /// Cuts a page whose events' JSON passes `max_bytes`, keeping the events
@@ -83,6 +144,12 @@ mod tests {
                 user_id: UserId::parse("u").unwrap(),
                 message: Some("x".repeat(text)),
                 client_msg_id: None,
+                target: None,
+                role: None,
+                reason: None,
+                private: false,
+                dm: false,
+                by: None,
                 node: "n".into(),
                 at: now_micros(),
             })

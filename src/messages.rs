@@ -14,9 +14,7 @@ use bytestring::ByteString;
 use tokio::sync::oneshot;
 
 use crate::protocol::ProtoError;
-use crate::protocol::{
-    Command, Event, EventKind, Ref, RoomInfo, RoomName, SendMessage, Seq, UserId,
-};
+use crate::protocol::{Command, Event, EventKind, Facts, Ref, RoomInfo, RoomName, Seq, UserId};
 use crate::store::{AppendOutcome, AppendRequest};
 
 /// A local connection's id, unique for the life of the node.
@@ -117,20 +115,42 @@ pub struct Request {
     pub received: Instant,
 }
 
-/// `GET /rooms`.
+/// `GET /rooms`: the rooms `user` may see (`None`: the public ones).
 #[derive(Message)]
 #[rtype(result = "Vec<RoomInfo>")]
-pub struct ListRooms;
+pub struct ListRooms {
+    pub user: Option<UserId>,
+}
 
-/// What a REST post is answered with: the event and whether it was a duplicate.
-pub type PostResult = Result<(Event, bool), ProtoError>;
+/// Whether each user is online (for `GET /rooms/{room}/members`).
+#[derive(Message)]
+#[rtype(result = "Vec<bool>")]
+pub struct Online {
+    pub users: Vec<UserId>,
+}
 
-/// `POST /rooms/{room}/messages`.
+/// A REST command, done.
+#[derive(Debug)]
+pub struct HttpDone {
+    /// The event a `message` appended (or, for a duplicate, the original).
+    pub event: Option<Event>,
+    /// Whether the command repeated an earlier one (`client_msg_id`).
+    pub duplicate: bool,
+    /// The reply (an `ack`, `members`, …) as a socket would get it.
+    pub body: String,
+}
+
+/// What a REST command is answered with.
+pub type PostResult = Result<HttpDone, ProtoError>;
+
+/// A command from the REST API (`POST /rooms/{room}/messages`, `/invite`,
+/// `POST /dm/{user}`, …), for `user`.
 #[derive(Message)]
 #[rtype(result = "()")]
 pub struct Post {
-    pub user: UserId,
-    pub message: SendMessage,
+    /// `None`: the REST API in open mode without a `user_id` (reads only).
+    pub user: Option<UserId>,
+    pub command: Command,
     pub reply: oneshot::Sender<PostResult>,
 }
 
@@ -174,6 +194,8 @@ pub struct LiveEvent {
     pub seq: Seq,
     pub kind: EventKind,
     pub user: UserId,
+    /// What the event changes beyond its kind and user (a target, a role…).
+    pub facts: Facts,
     pub frame: ByteString,
 }
 
@@ -184,6 +206,7 @@ impl LiveEvent {
             seq: event.seq,
             kind: event.kind,
             user: event.user_id.clone(),
+            facts: event.facts(),
             frame: event.to_json().into(),
         }
     }

@@ -183,7 +183,7 @@ async fn one_at_a_time(
                 // Room and kind only: a message's text is not for the log.
                 log::error!(
                     "append of one {} in room {} by {} failed alone: {e}",
-                    op_name(&req.op),
+                    AppendOp::command(&req.op),
                     req.room,
                     req.user
                 );
@@ -200,15 +200,6 @@ async fn one_at_a_time(
     outcomes
 }
 
-fn op_name(op: &AppendOp) -> &'static str {
-    match op {
-        AppendOp::Create => "create",
-        AppendOp::Join => "join",
-        AppendOp::Leave => "leave",
-        AppendOp::Message { .. } => "message",
-    }
-}
-
 #[cfg(test)]
 mod tests {
     //! The real stores refuse nothing per request any more (U+0000, the one
@@ -223,8 +214,8 @@ mod tests {
     use async_trait::async_trait;
 
     use super::*;
-    use crate::protocol::{ErrorCode, HistoryRange, RoomName, UserId};
-    use crate::store::{Page, Refusal, Snapshot};
+    use crate::protocol::{BanInfo, ErrorCode, HistoryRange, Role, RoomName, UserId};
+    use crate::store::{Access, Page, Snapshot};
 
     /// Fails a batch holding the text "poison" as a database refuses a
     /// statement; fails everything as an unreachable store while `down`.
@@ -284,12 +275,17 @@ mod tests {
         async fn events(&self, _: &RoomName, _: HistoryRange) -> Result<Page, StoreError> {
             Ok(Page::default())
         }
-        async fn check_reader(
-            &self,
-            _: &RoomName,
-            _: Option<&UserId>,
-        ) -> Result<Option<Refusal>, StoreError> {
-            Ok(None)
+        async fn access(&self, _: &RoomName, _: Option<&UserId>) -> Result<Access, StoreError> {
+            Ok(Access::default())
+        }
+        async fn members(&self, _: &RoomName) -> Result<Vec<(UserId, Role)>, StoreError> {
+            Ok(Vec::new())
+        }
+        async fn bans(&self, _: &RoomName) -> Result<Vec<BanInfo>, StoreError> {
+            Ok(Vec::new())
+        }
+        async fn set_block(&self, _: &UserId, _: &UserId, _: bool) -> Result<(), StoreError> {
+            Ok(())
         }
         async fn all_events(&self) -> Result<Vec<crate::protocol::Event>, StoreError> {
             Ok(Vec::new())

@@ -211,6 +211,7 @@ mod tests {
                 seq: i as i64 + 1,
                 kind: EventKind::Message,
                 user: UserId::parse("u").unwrap(),
+                facts: Default::default(),
                 frame: "x".repeat(text_bytes).into(),
             })
             .collect()

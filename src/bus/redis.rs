@@ -169,7 +169,7 @@ async fn publisher(
                 seq: ev.seq,
                 kind: ev.kind,
                 user: ev.user.clone(),
-                to: None,
+                to: ev.facts.notice(ev.kind, &ev.user).map(|(_, to, _)| to.clone()),
             };
             pipe.cmd("PUBLISH")
                 .arg(&channel)
@@ -323,6 +323,7 @@ impl Subscriber {
                     seq: h.seq,
                     kind: h.kind,
                     user: h.user,
+                    facts: env.facts,
                     frame: env.event.into(),
                 });
             }

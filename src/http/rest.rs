@@ -1,14 +1,22 @@
-//! The REST API: `GET /rooms`, `GET /rooms/{room}/events` (a `history`
-//! page) and `POST /rooms/{room}/messages` (a `message`). Each request is
-//! turned into the same command type a WebSocket frame becomes, so both
-//! paths apply one rule set and one history read.
+//! The REST API: every command a bot needs, each turned into the same
+//! command type a WebSocket frame becomes, so both paths apply one rule set,
+//! one history read and one ChatServer. Routes (docs/protocol.md, REST):
+//!
+//! - `GET /rooms`, `GET /rooms/{room}/events` (a `history` page),
+//!   `GET /rooms/{room}/members`, `GET /rooms/{room}/bans`;
+//! - `POST /rooms` (`create`), `POST /rooms/{room}/messages` (`message`),
+//!   `POST /rooms/{room}/{join|leave|invite|uninvite|kick|ban|unban|role}`;
+//! - `POST /dm/{user}`, `POST /blocks/{user}`, `DELETE /blocks/{user}`.
+//!
+//! The caller is the token's user in token mode, else `user_id` from the
+//! body (or the query string of a `GET`).
 
 use std::collections::HashMap;
 use std::time::Duration;
 
 use actix_web::http::StatusCode;
 use actix_web::{web, HttpRequest, HttpResponse};
-use serde_json::Value;
+use serde_json::{Map, Value};
 use tokio::sync::oneshot;
 
 use super::{error_response, rest_user};
@@ -16,23 +24,43 @@ use crate::history;
 use crate::messages::{ListRooms, Post};
 use crate::node::NodeContext;
 use crate::protocol::{
-    CommandLimits, ErrorCode, Fields, History, ProtoError, Reply, RoomName, SendMessage,
+    Command, CommandLimits, ErrorCode, Fields, History, ProtoError, Reply, RoomName, UserId,
 };
 
-/// How long a REST post waits for its commit.
+/// How long a REST command waits for its commit.
 const POST_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// The commands of `POST /rooms/{room}/{action}`, by action.
+const ROOM_ACTIONS: &[(&str, &str)] = &[
+    ("messages", "message"),
+    ("join", "join"),
+    ("leave", "leave"),
+    ("invite", "invite"),
+    ("uninvite", "uninvite"),
+    ("kick", "kick"),
+    ("ban", "ban"),
+    ("unban", "unban"),
+    ("role", "set_role"),
+];
 
 pub fn routes(cfg: &mut web::ServiceConfig) {
     cfg.route("/rooms", web::get().to(rooms))
+        .route("/rooms", web::post().to(create))
         .route("/rooms/{room}/events", web::get().to(events))
-        .route("/rooms/{room}/messages", web::post().to(post_message));
+        .route("/rooms/{room}/members", web::get().to(read_room))
+        .route("/rooms/{room}/bans", web::get().to(read_room))
+        .route("/rooms/{room}/{action}", web::post().to(room_action))
+        .route("/dm/{user}", web::post().to(dm))
+        .route("/blocks/{user}", web::post().to(block))
+        .route("/blocks/{user}", web::delete().to(block));
 }
 
 async fn rooms(req: HttpRequest, node: web::Data<NodeContext>) -> HttpResponse {
-    if let Err(e) = rest_user(&req, &node) {
-        return error_response(&e, None);
-    }
-    match node.server.send(ListRooms).await {
+    let user = match rest_user(&req, &node) {
+        Ok(user) => user,
+        Err(e) => return error_response(&e, None),
+    };
+    match node.server.send(ListRooms { user }).await {
         Ok(rooms) => HttpResponse::Ok().json(rooms),
         Err(e) => {
             log::error!("the chat server did not answer /rooms: {e}");
@@ -88,71 +116,174 @@ async fn events(
     }
 }
 
-/// `POST /rooms/{room}/messages` with `{"user_id","message","client_msg_id"?}`:
-/// appends like a WebSocket `message`. In token mode the user is the
-/// token's; a `user_id` in the body must be absent or the same.
-async fn post_message(
+/// Reads a JSON object body; an empty body is an empty object.
+fn body_object(body: &[u8]) -> Result<Map<String, Value>, ProtoError> {
+    if body.iter().all(u8::is_ascii_whitespace) {
+        return Ok(Map::new());
+    }
+    match serde_json::from_slice::<Value>(body) {
+        Ok(Value::Object(obj)) => Ok(obj),
+        _ => Err(ProtoError::new(
+            ErrorCode::InvalidJson,
+            "the body must be one JSON object",
+        )),
+    }
+}
+
+/// `POST /rooms` with `{"room","private"?}`: `create`.
+async fn create(req: HttpRequest, node: web::Data<NodeContext>, body: web::Bytes) -> HttpResponse {
+    match body_object(&body) {
+        Ok(obj) => submit(&req, &node, "create", obj).await,
+        Err(e) => error_response(&e, None),
+    }
+}
+
+/// `POST /rooms/{room}/{action}`: `message`, `join`, `leave`, `invite`,
+/// `uninvite`, `kick`, `ban`, `unban`, `set_role`.
+async fn room_action(
+    req: HttpRequest,
+    node: web::Data<NodeContext>,
+    path: web::Path<(String, String)>,
+    body: web::Bytes,
+) -> HttpResponse {
+    let (room, action) = path.into_inner();
+    let Some((_, kind)) = ROOM_ACTIONS.iter().find(|(a, _)| *a == action) else {
+        let err = ProtoError::new(ErrorCode::UnknownType, format!("no route POST /rooms/{{room}}/{action}"));
+        return HttpResponse::NotFound()
+            .content_type("application/json")
+            .body(crate::protocol::error_json(None, &err, None));
+    };
+    let room = match RoomName::parse(&room) {
+        Ok(r) => r,
+        Err(e) => return error_response(&e, None),
+    };
+    match body_object(&body) {
+        Ok(mut obj) => {
+            obj.insert("room".into(), Value::from(room.as_str()));
+            submit(&req, &node, kind, obj).await
+        }
+        Err(e) => error_response(&e, Some(&room)),
+    }
+}
+
+/// `GET /rooms/{room}/members` and `GET /rooms/{room}/bans`.
+async fn read_room(
     req: HttpRequest,
     node: web::Data<NodeContext>,
     path: web::Path<String>,
-    body: web::Bytes,
+    query: web::Query<HashMap<String, String>>,
 ) -> HttpResponse {
-    let token_user = match rest_user(&req, &node) {
-        Ok(user) => user,
-        Err(e) => return error_response(&e, None),
-    };
     let room = match RoomName::parse(&path) {
         Ok(r) => r,
         Err(e) => return error_response(&e, None),
     };
-    let Ok(Value::Object(mut obj)) = serde_json::from_slice::<Value>(&body) else {
-        let err = ProtoError::new(ErrorCode::InvalidJson, "the body must be one JSON object");
-        return error_response(&err, Some(&room));
+    let kind = if req.path().ends_with("/bans") {
+        "bans"
+    } else {
+        "members"
     };
-    obj.insert("room".into(), Value::from(room.as_str()));
+    let obj = Fields::object_from_query(
+        query.iter().map(|(k, v)| (k.as_str(), v.as_str())),
+        [("room", Value::from(room.as_str()))],
+    );
+    submit(&req, &node, kind, obj).await
+}
+
+/// `POST /dm/{user}`.
+async fn dm(req: HttpRequest, node: web::Data<NodeContext>, path: web::Path<String>, body: web::Bytes) -> HttpResponse {
+    user_action(&req, &node, "dm", &path, &body).await
+}
+
+/// `POST /blocks/{user}` (`block`) and `DELETE /blocks/{user}` (`unblock`).
+async fn block(req: HttpRequest, node: web::Data<NodeContext>, path: web::Path<String>, body: web::Bytes) -> HttpResponse {
+    let kind = if req.method() == actix_web::http::Method::DELETE {
+        "unblock"
+    } else {
+        "block"
+    };
+    user_action(&req, &node, kind, &path, &body).await
+}
+
+async fn user_action(
+    req: &HttpRequest,
+    node: &NodeContext,
+    kind: &str,
+    user: &str,
+    body: &[u8],
+) -> HttpResponse {
+    match body_object(body) {
+        Ok(mut obj) => {
+            obj.insert("user".into(), Value::from(user));
+            submit(req, node, kind, obj).await
+        }
+        Err(e) => error_response(&e, None),
+    }
+}
+
+/// Parses the command `kind` from `obj` (in token mode, for the token's
+/// user: a `user_id` in `obj` must be absent or the same), hands it to the
+/// ChatServer and answers with its outcome: a `message`'s event (201, or 200
+/// for a repeated `client_msg_id`), a `create`'s ack (201), else the reply
+/// a socket would get (200).
+async fn submit(
+    req: &HttpRequest,
+    node: &NodeContext,
+    kind: &str,
+    mut obj: Map<String, Value>,
+) -> HttpResponse {
+    let token_user = match rest_user(req, node) {
+        Ok(user) => user,
+        Err(e) => return error_response(&e, None),
+    };
+    obj.insert("type".into(), Value::from(kind));
     let fields = Fields::new(&obj);
+    let room = fields.room().ok();
     let limits = CommandLimits {
         max_message_chars: node.config.max_message_chars,
     };
     let parsed = fields.user_id().and_then(|user| {
-        let user = match (user, token_user) {
+        let user: Option<UserId> = match (user, token_user) {
             (Some(user), Some(token)) if user != token => {
                 return Err(ProtoError::new(
                     ErrorCode::UserMismatch,
                     format!("this token speaks for user {token}"),
                 ))
             }
-            (_, Some(token)) => token,
-            (Some(user), None) => user,
-            (None, None) => return Err(ProtoError::invalid_field("user_id is required")),
+            (_, Some(token)) => Some(token),
+            (user, None) => user,
         };
-        Ok((user, SendMessage::parse(&fields, limits)?))
+        let command = Command::parse(&fields, limits)?;
+        if command.needs_user() && user.is_none() {
+            return Err(ProtoError::invalid_field("user_id is required"));
+        }
+        Ok((user, command))
     });
-    let (user, message) = match parsed {
+    let (user, command) = match parsed {
         Ok(p) => p,
-        Err(e) => return error_response(&e, Some(&room)),
+        Err(e) => return error_response(&e, room.as_ref()),
     };
     let (tx, rx) = oneshot::channel();
     let post = Post {
         user,
-        message,
+        command,
         reply: tx,
     };
     if node.server.try_send(post).is_err() {
-        return error_response(&ProtoError::unavailable(), Some(&room));
+        return error_response(&ProtoError::unavailable(), room.as_ref());
     }
     match tokio::time::timeout(POST_TIMEOUT, rx).await {
-        Ok(Ok(Ok((event, duplicate)))) => {
-            let status = if duplicate {
-                StatusCode::OK
-            } else {
-                StatusCode::CREATED
+        Ok(Ok(Ok(done))) => {
+            let (status, body) = match done.event {
+                Some(event) if done.duplicate => (StatusCode::OK, event.to_json()),
+                Some(event) => (StatusCode::CREATED, event.to_json()),
+                None if kind == "create" => (StatusCode::CREATED, done.body),
+                None => (StatusCode::OK, done.body),
             };
             HttpResponse::build(status)
                 .content_type("application/json")
-                .body(event.to_json())
+                .body(body)
         }
-        Ok(Ok(Err(e))) => error_response(&e, Some(&room)),
-        Ok(Err(_)) | Err(_) => error_response(&ProtoError::unavailable(), Some(&room)),
+        Ok(Ok(Err(e))) => error_response(&e, room.as_ref()),
+        Ok(Err(_)) | Err(_) => error_response(&ProtoError::unavailable(), room.as_ref()),
     }
 }

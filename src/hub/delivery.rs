@@ -15,17 +15,26 @@ use crate::hub::outbox::offer;
 use crate::hub::replay::{Resumer, Waiting};
 use crate::hub::sequencer::Offer;
 use crate::hub::ChatServer;
-use crate::messages::{Committed, ConnId, Deliver, LiveEvent, Origin, Resync};
+use crate::messages::{Committed, ConnId, Deliver, HttpDone, LiveEvent, Origin, Resync};
 use crate::protocol::error_frame;
 use crate::protocol::{
     reply_frame, Ack, Event, EventKind, ProtoError, Ref, Reply, RoomName, Seq, UserId,
 };
-use crate::store::AppendOutcome;
+use crate::store::{AppendOp, AppendOutcome};
 
-/// One of our appends, committed, and who waits for it.
+/// One of our appends, committed, and who waits for it: it rides the last
+/// event the append made, so that the ack comes after all of them.
 pub struct Appended {
     pub origin: Origin,
+    /// The event the ack names (a `dm`'s last; every other command's first).
     pub event: Event,
+    /// The command, as the ack names it.
+    pub command: &'static str,
+    /// A `dm`'s other user.
+    pub with: Option<UserId>,
+    /// Whether the origin's connection is subscribed to the room (`create`,
+    /// `join`, `dm`).
+    pub subscribes: bool,
 }
 
 impl ChatServer {
@@ -212,25 +221,71 @@ impl ChatServer {
     pub(super) fn committed(&mut self, msg: Committed, ctx: &mut Context<Self>) {
         let mut appended = Vec::new();
         for (origin, request, outcome) in msg.jobs {
+            let room = &request.room;
+            let command = request.op.command();
+            let with = match &request.op {
+                AppendOp::Dm { other } => Some(other.clone()),
+                _ => None,
+            };
             match outcome {
-                Err(err) => self.reply_error(origin, &request.room, err),
+                Err(err) => self.reply_error(origin, Some(room), err),
                 Ok(AppendOutcome::Refused(refusal)) => {
-                    let err = refusal.to_error(&request.room);
-                    self.reply_error(origin, &request.room, err)
+                    let err = refusal.to_error(room, request.op.target());
+                    self.reply_error(origin, Some(room), err)
                 }
-                Ok(AppendOutcome::Duplicate(event)) => self.finish(origin, &event, true),
+                Ok(AppendOutcome::Duplicate(event)) => {
+                    let waiter = Appended {
+                        origin,
+                        event,
+                        command,
+                        with,
+                        subscribes: false,
+                    };
+                    self.finish(waiter, true)
+                }
+                Ok(AppendOutcome::Unchanged { last_seq }) => {
+                    let ack = Ack {
+                        reference: origin.reference(),
+                        command,
+                        room: Some(room),
+                        seq: Some(last_seq),
+                        unchanged: Some(true),
+                        ..Ack::default()
+                    };
+                    let frame = reply_frame(&Reply::Ack(ack));
+                    self.answer(origin, frame.into());
+                }
                 Ok(AppendOutcome::AlreadyMember { last_seq }) => {
-                    if self.sequencer.add_room(&request.room, 0) {
+                    if self.sequencer.add_room(room, 0) {
                         // A room this node has not heard of yet: catch up from the store.
                         ctx.notify(Resync);
                     }
-                    self.join_member(origin, &request.room, last_seq, ctx)
+                    self.join_member(origin, room, last_seq, command, with.as_ref(), ctx)
                 }
-                Ok(AppendOutcome::Appended(event)) => {
-                    self.metrics.events_committed.inc();
-                    let live = LiveEvent::of(&event);
-                    appended.push(live.clone());
-                    self.receive(live, Some(Appended { origin, event }), ctx);
+                Ok(AppendOutcome::Appended(events)) => {
+                    self.metrics.events_committed.add(events.len() as u64);
+                    let acked = if with.is_some() {
+                        events.last()
+                    } else {
+                        events.first()
+                    };
+                    let Some(acked) = acked.cloned() else {
+                        continue;
+                    };
+                    let last = events.len() - 1;
+                    let mut waiter = Some(Appended {
+                        origin,
+                        event: acked,
+                        command,
+                        with,
+                        subscribes: request.op.subscribes(),
+                    });
+                    for (i, event) in events.iter().enumerate() {
+                        let live = LiveEvent::of(event);
+                        appended.push(live.clone());
+                        let w = if i == last { waiter.take() } else { None };
+                        self.receive(live, w, ctx);
+                    }
                 }
             }
         }
@@ -273,25 +328,17 @@ impl ChatServer {
 
     /// Delivers the next event of a room: apply it, fan it out, answer its origin.
     fn deliver(&mut self, event: LiveEvent, waiter: Option<Appended>, ctx: &mut Context<Self>) {
-        let members = self.members.entry(event.room.clone()).or_default();
-        match event.kind {
-            EventKind::Create | EventKind::Join => {
-                members.insert(event.user.clone());
-            }
-            EventKind::Leave => {
-                members.remove(&event.user);
-            }
-            EventKind::Message => {}
-        }
+        self.rooms.apply(&event);
         // The creator's or joiner's connection is subscribed before the fan-out,
         // so that it gets its own event before its ack.
         let mut replay_from = None;
         if let Some(Appended {
             origin: Origin::Conn { conn, since, .. },
+            subscribes: true,
             ..
         }) = &waiter
         {
-            if event.kind.joins() && self.subscribe(*conn, &event.room) {
+            if self.subscribe(*conn, &event.room) {
                 if let (EventKind::Join, Some(since)) = (event.kind, since) {
                     self.replays.start(*conn, &event.room, event.seq, false);
                     replay_from = Some(*since);
@@ -303,9 +350,14 @@ impl ChatServer {
             self.flush_room(&event.room);
             self.end_waiting_replays(&event.room);
         }
-        if event.kind == EventKind::Leave {
-            self.unsubscribe_user(&event.room, &event.user);
+        match (event.kind, &event.facts.target) {
+            (EventKind::Leave, _) => self.unsubscribe_user(&event.room, &event.user),
+            (kind, Some(target)) if kind.removes_target() => {
+                self.unsubscribe_user(&event.room, target)
+            }
+            _ => {}
         }
+        self.notify_user(&event);
         match (waiter, replay_from) {
             (
                 Some(Appended {
@@ -327,8 +379,33 @@ impl ChatServer {
                 };
                 self.run_replay(who, event.room, since, event.seq, ctx);
             }
-            (Some(w), _) => self.finish(w.origin, &w.event, false),
+            (Some(w), _) => self.finish(w, false),
             (None, _) => {}
+        }
+    }
+
+    /// The notice an event causes (an invite, a DM, a kick, a ban), to every
+    /// connection of its user on this node, subscribed to the room or not.
+    /// Every node does this for the events it delivers, so the notice
+    /// reaches the user's connections cluster-wide.
+    fn notify_user(&mut self, event: &LiveEvent) {
+        let Some((kind, to, by)) = event.facts.notice(event.kind, &event.user) else {
+            return;
+        };
+        let conns = self.registry.conns_of_user(to);
+        if conns.is_empty() {
+            return;
+        }
+        let frame: ByteString = reply_frame(&Reply::Notice {
+            kind,
+            room: &event.room,
+            seq: event.seq,
+            by,
+            reason: event.facts.reason.as_deref(),
+        })
+        .into();
+        for conn in conns {
+            self.send(conn, frame.clone());
         }
     }
 
@@ -344,37 +421,45 @@ impl ChatServer {
         }
     }
 
-    /// Answers an append's origin once its event has been delivered.
-    pub(super) fn finish(&mut self, origin: Origin, event: &Event, duplicate: bool) {
+    /// Answers an append's origin once its events have been delivered.
+    pub(super) fn finish(&mut self, waiter: Appended, duplicate: bool) {
+        let Appended {
+            origin,
+            event,
+            command,
+            with,
+            subscribes,
+        } = waiter;
+        let ack = Ack {
+            reference: origin.reference(),
+            command,
+            room: Some(&event.room),
+            seq: Some(event.seq),
+            id: Some(event.id),
+            duplicate: duplicate.then_some(true),
+            with: with.as_ref(),
+            ..Ack::default()
+        };
+        let frame = reply_frame(&Reply::Ack(ack));
         match origin {
-            Origin::Conn {
-                conn,
-                reference,
-                received,
-                ..
-            } => {
-                let frame = reply_frame(&Reply::Ack(Ack {
-                    reference: reference.as_ref(),
-                    command: event.kind.as_str(),
-                    room: Some(&event.room),
-                    seq: Some(event.seq),
-                    id: Some(event.id),
-                    duplicate: duplicate.then_some(true),
-                    recovered: None,
-                }));
+            Origin::Conn { conn, received, .. } => {
                 self.metrics
                     .ack_latency
                     .observe(received.elapsed().as_secs_f64());
                 // After a join or create, later events must not overtake the
                 // ack (its seq is where the connection's stream starts).
-                if event.kind.joins() {
-                    self.send(conn, frame)
+                if subscribes {
+                    self.send(conn, frame.into())
                 } else {
-                    self.reply(conn, frame)
+                    self.reply(conn, frame.into())
                 }
             }
             Origin::Http(tx) => {
-                let _ = tx.send(Ok((event.clone(), duplicate)));
+                let _ = tx.send(Ok(HttpDone {
+                    event: (event.kind == EventKind::Message).then_some(event),
+                    duplicate,
+                    body: frame.to_string(),
+                }));
             }
         }
     }
@@ -382,15 +467,20 @@ impl ChatServer {
     /// Our own event was delivered by a gap repair before its commit reached
     /// us: the origin's connection still gets it (if it subscribes now), then its ack.
     fn finish_late(&mut self, waiter: Appended, ctx: &mut Context<Self>) {
-        let Appended { origin, event } = waiter;
-        if let Origin::Conn {
-            conn,
-            since,
-            reference,
-            received,
-        } = &origin
+        if let Appended {
+            origin:
+                Origin::Conn {
+                    conn,
+                    since,
+                    reference,
+                    received,
+                },
+            event,
+            subscribes: true,
+            ..
+        } = &waiter
         {
-            if event.kind.joins() && self.subscribe(*conn, &event.room) {
+            if self.subscribe(*conn, &event.room) {
                 if let Some(since) = since {
                     let upto = self.sequencer.last(&event.room).unwrap_or(event.seq);
                     let who = Resumer {
@@ -403,30 +493,61 @@ impl ChatServer {
                 self.send(*conn, event.to_json().into());
             }
         }
-        self.finish(origin, &event, false);
+        self.finish(waiter, false);
     }
 
     /// A join that added no event (the user was a member): subscribe, replay, ack.
     /// `stored_last` is the room's last seq in the store, which this node may lag.
+    /// A `dm` between two members acks at once, with this node's last seq.
     fn join_member(
         &mut self,
         origin: Origin,
         room: &RoomName,
         stored_last: Seq,
+        command: &'static str,
+        with: Option<&UserId>,
         ctx: &mut Context<Self>,
     ) {
-        let Origin::Conn {
-            conn,
-            reference,
-            since,
-            received,
-        } = origin
-        else {
-            return;
+        let (conn, reference, since, received) = match origin {
+            Origin::Conn {
+                conn,
+                reference,
+                since,
+                received,
+            } => (conn, reference, since, received),
+            Origin::Http(tx) => {
+                let frame = reply_frame(&Reply::Ack(Ack {
+                    command,
+                    room: Some(room),
+                    seq: Some(stored_last),
+                    with,
+                    ..Ack::default()
+                }));
+                let _ = tx.send(Ok(HttpDone {
+                    event: None,
+                    duplicate: false,
+                    body: frame.to_string(),
+                }));
+                return;
+            }
         };
         let local = self.sequencer.last(room).unwrap_or(0);
         if !self.subscribe(conn, room) {
             return;
+        }
+        if with.is_some() {
+            self.metrics
+                .ack_latency
+                .observe(received.elapsed().as_secs_f64());
+            let ack = Ack {
+                reference: reference.as_ref(),
+                command,
+                room: Some(room),
+                seq: Some(local),
+                with,
+                ..Ack::default()
+            };
+            return self.send_ack(conn, ack);
         }
         // A join without `since` on a node that lags the store starts where
         // the store was, like a resume from there.

@@ -19,9 +19,9 @@ pub mod presence;
 pub mod registry;
 mod repair;
 pub mod replay;
+pub mod rooms;
 pub mod sequencer;
 
-use std::collections::{HashMap, HashSet};
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
@@ -30,12 +30,12 @@ use actix::prelude::*;
 use crate::bus::BusHandle;
 use crate::config::Config;
 use crate::messages::{
-    Committed, ConnId, Connect, Deliver, Disconnect, Identify, ListRooms, LiveEvent, LocalPresence,
-    Origin, PeerEvents, Post, RemotePresence, Request, Resync, Shutdown,
+    Committed, ConnId, Connect, Deliver, Disconnect, Identify, ListRooms, LiveEvent,
+    LocalPresence, Online, Origin, PeerEvents, Post, RemotePresence, Request, Resync, Shutdown,
 };
 use crate::metrics::Metrics;
-use crate::protocol::{ProtoError, RoomName, UserId};
-use crate::store::{AppendOp, AppendRequest, EventStore, Snapshot};
+use crate::protocol::{ProtoError, UserId};
+use crate::store::{EventStore, Snapshot};
 use crate::writer::WriterHandle;
 
 use delivery::Appended;
@@ -43,6 +43,7 @@ use outbox::Outbox;
 use presence::Presence;
 use registry::Registry;
 use replay::Replays;
+use rooms::Rooms;
 use sequencer::Sequencer;
 
 /// Most messages waiting in the ChatServer's mailbox beyond one per sender.
@@ -68,8 +69,9 @@ pub struct ChatServer {
     writer_task: Option<tokio::task::JoinHandle<()>>,
     bus: BusHandle,
     sequencer: Sequencer<LiveEvent, Appended>,
-    /// Each room's members, as of its last delivered event.
-    members: HashMap<RoomName, HashSet<UserId>>,
+    /// Each room's privacy, members, roles and invitations, as of its last
+    /// delivered event.
+    rooms: Rooms,
     registry: Registry,
     outbox: Outbox,
     replays: Replays,
@@ -109,16 +111,10 @@ impl ChatServer {
             snapshot,
         } = parts;
         let mut sequencer = Sequencer::default();
-        let mut members: HashMap<RoomName, HashSet<UserId>> = HashMap::new();
-        for (name, last) in snapshot.rooms {
-            sequencer.add_room(&name, last);
-            members.entry(name).or_default();
+        for (name, row) in &snapshot.rooms {
+            sequencer.add_room(name, row.last_seq);
         }
-        for (room, user) in snapshot.members {
-            if let Some(m) = members.get_mut(&room) {
-                m.insert(user);
-            }
-        }
+        let rooms = Rooms::from_snapshot(&snapshot);
         metrics.rooms.set(sequencer.len() as i64);
         ChatServer {
             outbox: Outbox::new(config.session_mailbox),
@@ -129,7 +125,7 @@ impl ChatServer {
             writer_task: Some(writer_task),
             bus,
             sequencer,
-            members,
+            rooms,
             registry: Registry::default(),
             replays: Replays::default(),
             presence: Presence::default(),
@@ -243,28 +239,28 @@ impl Handler<LocalPresence> for ChatServer {
 impl Handler<ListRooms> for ChatServer {
     type Result = MessageResult<ListRooms>;
 
-    fn handle(&mut self, _: ListRooms, _: &mut Context<Self>) -> Self::Result {
-        MessageResult(self.room_infos())
+    fn handle(&mut self, msg: ListRooms, _: &mut Context<Self>) -> Self::Result {
+        MessageResult(self.room_infos(msg.user.as_ref()))
+    }
+}
+
+impl Handler<Online> for ChatServer {
+    type Result = MessageResult<Online>;
+
+    fn handle(&mut self, msg: Online, _: &mut Context<Self>) -> Self::Result {
+        MessageResult(msg.users.iter().map(|u| self.presence.is_online(u)).collect())
     }
 }
 
 impl Handler<Post> for ChatServer {
     type Result = ();
 
-    fn handle(&mut self, msg: Post, _: &mut Context<Self>) {
+    fn handle(&mut self, msg: Post, ctx: &mut Context<Self>) {
         if self.shutting_down {
             let _ = msg.reply.send(Err(ProtoError::unavailable()));
             return;
         }
-        let request = AppendRequest {
-            room: msg.message.room,
-            user: msg.user,
-            op: AppendOp::Message {
-                text: msg.message.text,
-                client_msg_id: msg.message.client_msg_id,
-            },
-        };
-        self.queue_append(request, Origin::Http(msg.reply));
+        self.command(msg.command, msg.user, Origin::Http(msg.reply), ctx);
     }
 }
 

@@ -134,6 +134,16 @@ impl Registry {
         self.subscribers.contains_key(room)
     }
 
+    /// Every connection of `user` on this node (a scan of the connections:
+    /// only notices, which are rare, ask).
+    pub fn conns_of_user(&self, user: &UserId) -> Vec<ConnId> {
+        self.conns
+            .iter()
+            .filter(|(_, c)| c.user.as_ref() == Some(user))
+            .map(|(id, _)| *id)
+            .collect()
+    }
+
     /// The connections of `user` subscribed to `room`.
     pub fn subscribers_of_user(&self, room: &RoomName, user: &UserId) -> Vec<ConnId> {
         self.subscribers(room)

@@ -3,14 +3,14 @@
 //! it missed from the store, the source of truth (invariant 3 in docs/architecture.md). The
 //! decisions (which range, whether still behind) are the sequencer's.
 
-use std::collections::{HashMap, HashSet};
 use std::time::Duration;
 
 use actix::prelude::*;
 
 use crate::hub::ChatServer;
 use crate::messages::LiveEvent;
-use crate::protocol::{HistoryRange, RoomName, UserId};
+use crate::hub::rooms::Rooms;
+use crate::protocol::{HistoryRange, RoomName};
 use crate::store::Snapshot;
 
 /// How long a node waits for a missing seq to arrive on the bus before it
@@ -78,11 +78,9 @@ impl ChatServer {
     /// Rooms whose stored last seq is ahead of ours are repaired from the
     /// store; rooms in step with it take its members.
     fn apply_snapshot(&mut self, snapshot: Snapshot, ctx: &mut Context<Self>) {
-        let mut members: HashMap<RoomName, HashSet<UserId>> = HashMap::new();
-        for (room, user) in snapshot.members {
-            members.entry(room).or_default().insert(user);
-        }
-        for (name, last) in snapshot.rooms {
+        let mut states = Rooms::states(&snapshot);
+        for (name, row) in snapshot.rooms {
+            let last = row.last_seq;
             self.sequencer.add_room(&name, 0);
             let local = self.sequencer.last(&name).unwrap_or(0);
             if last > local {
@@ -91,8 +89,8 @@ impl ChatServer {
                 }
             } else if last == local {
                 // In step with the store: its members are this seq's members.
-                let stored = members.remove(&name).unwrap_or_default();
-                self.members.insert(name, stored);
+                let stored = states.remove(&name).unwrap_or_default();
+                self.rooms.replace(name, stored);
             }
         }
         self.metrics.rooms.set(self.sequencer.len() as i64);

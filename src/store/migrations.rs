@@ -14,11 +14,18 @@ use refinery::{Migration, Runner, Target};
 /// One line per migration: refinery's name (`V<version>__<name>`), the
 /// PostgreSQL file and the SQLite file. A new migration is a pair of files
 /// and a line here.
-const MIGRATIONS: &[(&str, &str, &str)] = &[(
-    "V1__init",
-    include_str!("../../sql/0001_init.sql"),
-    include_str!("../../sql/sqlite/0001_init.sql"),
-)];
+const MIGRATIONS: &[(&str, &str, &str)] = &[
+    (
+        "V1__init",
+        include_str!("../../sql/0001_init.sql"),
+        include_str!("../../sql/sqlite/0001_init.sql"),
+    ),
+    (
+        "V2__rooms_with_owners",
+        include_str!("../../sql/0002_rooms_with_owners.sql"),
+        include_str!("../../sql/sqlite/0002_rooms_with_owners.sql"),
+    ),
+];
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Dialect {
@@ -47,6 +54,12 @@ pub fn runner(dialect: Dialect, adopt: Option<i64>) -> anyhow::Result<Runner> {
         }
         None => runner,
     })
+}
+
+/// The runner that applies the migrations up to `version` and no further:
+/// how the upgrade tests make a database as an older Confab left it.
+pub fn runner_up_to(dialect: Dialect, version: i32) -> anyhow::Result<Runner> {
+    Ok(runner(dialect, None)?.set_target(Target::Version(version)))
 }
 
 /// Logs what a run applied.

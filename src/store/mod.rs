@@ -8,18 +8,23 @@
 //! order, and the store writes the result in the same transaction. Only the
 //! event writer calls [`EventStore::append`].
 
-mod migrations;
+pub mod migrations;
+mod plan;
 pub mod postgres;
 pub mod sqlite;
 
-use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 
 use async_trait::async_trait;
-use chrono::{DateTime, Utc};
 
 use crate::config::StoreConfig;
-use crate::protocol::{Event, EventKind, HistoryRange, ProtoError, RoomName, Seq, UserId};
+use crate::protocol::{
+    BanInfo, ErrorCode, Event, HistoryRange, ProtoError, Role, RoomName, Seq, UserId,
+};
+
+pub use plan::{
+    plan, sorted, BanRow, Invitation, Keys, Loaded, Membership, NewRoom, Plan, RoomRow,
+};
 
 /// Why the store could not do what it was asked. Never shown to clients: they
 /// get `unavailable`, and this is logged.
@@ -83,54 +88,214 @@ pub struct AppendRequest {
     pub op: AppendOp,
 }
 
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub enum AppendOp {
-    Create,
+    Create {
+        private: bool,
+    },
     Join,
     Leave,
     Message {
         text: String,
         client_msg_id: Option<String>,
     },
+    Invite {
+        target: UserId,
+    },
+    Uninvite {
+        target: UserId,
+    },
+    Kick {
+        target: UserId,
+    },
+    Ban {
+        target: UserId,
+        reason: Option<String>,
+    },
+    Unban {
+        target: UserId,
+    },
+    SetRole {
+        target: UserId,
+        role: Role,
+    },
+    /// The request's room is `RoomName::dm(user, other)`.
+    Dm {
+        other: UserId,
+    },
+}
+
+impl AppendOp {
+    /// The user the op acts on, besides its caller.
+    pub fn target(&self) -> Option<&UserId> {
+        match self {
+            AppendOp::Invite { target }
+            | AppendOp::Uninvite { target }
+            | AppendOp::Kick { target }
+            | AppendOp::Ban { target, .. }
+            | AppendOp::Unban { target }
+            | AppendOp::SetRole { target, .. } => Some(target),
+            AppendOp::Dm { other } => Some(other),
+            _ => None,
+        }
+    }
+
+    /// The command's name, as its `ack` says it.
+    pub fn command(&self) -> &'static str {
+        match self {
+            AppendOp::Create { .. } => "create",
+            AppendOp::Join => "join",
+            AppendOp::Leave => "leave",
+            AppendOp::Message { .. } => "message",
+            AppendOp::Invite { .. } => "invite",
+            AppendOp::Uninvite { .. } => "uninvite",
+            AppendOp::Kick { .. } => "kick",
+            AppendOp::Ban { .. } => "ban",
+            AppendOp::Unban { .. } => "unban",
+            AppendOp::SetRole { .. } => "set_role",
+            AppendOp::Dm { .. } => "dm",
+        }
+    }
+
+    /// Whether the caller's connection is subscribed to the room once it is done.
+    pub fn subscribes(&self) -> bool {
+        matches!(
+            self,
+            AppendOp::Create { .. } | AppendOp::Join | AppendOp::Dm { .. }
+        )
+    }
 }
 
 /// What became of one [`AppendRequest`].
 #[derive(Debug, Clone, PartialEq)]
 pub enum AppendOutcome {
-    /// A new event, committed.
-    Appended(Event),
+    /// New events, committed, in order: the command's own, then what it
+    /// caused (an owner's `leave`, then the `role` that passes the room on;
+    /// a DM's `create`, then the `join`s).
+    Appended(Vec<Event>),
     /// A message whose `client_msg_id` was used before: the original event.
     Duplicate(Event),
-    /// A join by a member: no event; the room's last seq at the time.
+    /// A join (or `dm`) by a member: no event; the room's last seq at the time.
     AlreadyMember { last_seq: Seq },
+    /// Nothing to change (an invitee's `invite`, `set_role` to the same role).
+    Unchanged { last_seq: Seq },
     /// Refused by the rules of the protocol.
     Refused(Refusal),
 }
 
+/// Why the rules refused a request (docs/protocol.md, "Rooms with owners").
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Refusal {
     RoomExists,
     NoSuchRoom,
     NotAMember,
+    Forbidden,
+    Banned,
+    NoSuchMember,
+    AlreadyMember,
+    NotInvited,
+    NotBanned,
+    /// Another node created the DM while this batch looked: retry.
+    Busy,
 }
 
 impl Refusal {
-    pub fn to_error(self, room: &RoomName) -> ProtoError {
+    /// The error for a request in `room` acting on `target` (if it does).
+    pub fn to_error(self, room: &RoomName, target: Option<&UserId>) -> ProtoError {
+        let who = target.map_or_else(|| "that user".to_owned(), |t| format!("user {t}"));
         match self {
             Refusal::RoomExists => ProtoError::room_exists(room),
             Refusal::NoSuchRoom => ProtoError::no_such_room(room),
             Refusal::NotAMember => ProtoError::not_a_member(room),
+            Refusal::Forbidden => ProtoError::new(
+                ErrorCode::Forbidden,
+                format!("you may not do this in room {room}"),
+            ),
+            Refusal::Banned => ProtoError::new(
+                ErrorCode::Banned,
+                match target {
+                    Some(t) => format!("user {t} is banned from room {room}; unban them first"),
+                    None => format!("you are banned from room {room}"),
+                },
+            ),
+            Refusal::NoSuchMember => ProtoError::new(
+                ErrorCode::NoSuchMember,
+                format!("{who} is not a member of room {room}"),
+            ),
+            Refusal::AlreadyMember => ProtoError::new(
+                ErrorCode::AlreadyMember,
+                format!("{who} is already a member of room {room}"),
+            ),
+            Refusal::NotInvited => ProtoError::new(
+                ErrorCode::NotInvited,
+                format!("{who} has no invitation to room {room}"),
+            ),
+            Refusal::NotBanned => ProtoError::new(
+                ErrorCode::NotBanned,
+                format!("{who} is not banned from room {room}"),
+            ),
+            Refusal::Busy => ProtoError::new(
+                ErrorCode::Unavailable,
+                "another node made this room at the same moment; nothing was stored, retry",
+            ),
         }
     }
 }
 
-/// Rooms and members as stored: what a node loads at start-up.
+/// Rooms, members and invitations as stored: what a node loads at start-up.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct Snapshot {
-    /// Every room with its last seq, by name.
-    pub rooms: Vec<(RoomName, Seq)>,
-    /// Every membership.
-    pub members: Vec<(RoomName, UserId)>,
+    /// Every room, by name.
+    pub rooms: Vec<(RoomName, RoomRow)>,
+    /// Every membership, with its role.
+    pub members: Vec<(RoomName, UserId, Role)>,
+    /// Every open invitation.
+    pub invites: Vec<(RoomName, UserId)>,
+}
+
+/// What a reader is to a room, as the store has it: decides who may read
+/// `history`, `members` and `bans` (see [`Access::check`]).
+#[derive(Debug, Clone, Default)]
+pub struct Access {
+    /// `None`: no such room.
+    pub room: Option<RoomRow>,
+    pub role: Option<Role>,
+    pub invited: bool,
+}
+
+/// What a read needs of its reader.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Need {
+    /// `history`: a member (or, without a reader, a public room).
+    Member,
+    /// `members`: anyone for a public room, a member for a private one.
+    Visible,
+    /// `bans`: the owner or an admin, not in a DM.
+    Moderator,
+}
+
+impl Access {
+    /// `None` when the reader may read; the refusal otherwise. An outsider
+    /// of a private room gets `NoSuchRoom`, as for a room that does not exist.
+    pub fn check(&self, reader: Option<&UserId>, need: Need) -> Option<Refusal> {
+        let Some(room) = &self.room else {
+            return Some(Refusal::NoSuchRoom);
+        };
+        let knows = self.role.is_some()
+            || self.invited
+            || reader.is_some_and(|r| room.dm.as_ref().is_some_and(|(a, b)| a == r || b == r));
+        if room.private && !knows {
+            return Some(Refusal::NoSuchRoom);
+        }
+        match (need, reader, self.role) {
+            (Need::Visible, _, _) if !room.private => None,
+            (Need::Member, None, _) => None,
+            (_, _, None) => Some(Refusal::NotAMember),
+            (Need::Moderator, _, _) if room.dm.is_some() => Some(Refusal::Forbidden),
+            (Need::Moderator, _, Some(role)) if !role.moderates() => Some(Refusal::Forbidden),
+            _ => None,
+        }
+    }
 }
 
 /// A page of a room's events, ascending by seq.
@@ -157,19 +322,26 @@ pub trait EventStore: Send + Sync + 'static {
         node: &str,
     ) -> Result<Vec<AppendOutcome>, StoreError>;
 
-    /// Every room and membership (cost grows with rooms and members, not history).
+    /// Every room, membership and invitation (cost grows with rooms and
+    /// members, not history).
     async fn snapshot(&self) -> Result<Snapshot, StoreError>;
+
+    /// What `reader` is to `room`, read from the store (not a node's memory).
+    async fn access(&self, room: &RoomName, reader: Option<&UserId>)
+        -> Result<Access, StoreError>;
+
+    /// A room's members with their roles, in the order they joined.
+    async fn members(&self, room: &RoomName) -> Result<Vec<(UserId, Role)>, StoreError>;
+
+    /// A room's bans, by seq.
+    async fn bans(&self, room: &RoomName) -> Result<Vec<BanInfo>, StoreError>;
+
+    /// `user` blocks (`on`) or unblocks `blocked`.
+    async fn set_block(&self, user: &UserId, blocked: &UserId, on: bool)
+        -> Result<(), StoreError>;
 
     /// A page of a room's events (no membership check: callers do that).
     async fn events(&self, room: &RoomName, range: HistoryRange) -> Result<Page, StoreError>;
-
-    /// `Ok(None)` when `user` may read `room`; the refusal otherwise. With no
-    /// user, only checks that the room exists.
-    async fn check_reader(
-        &self,
-        room: &RoomName,
-        user: Option<&UserId>,
-    ) -> Result<Option<Refusal>, StoreError>;
 
     /// Every event of the log in order, for the fold test and audits.
     async fn all_events(&self) -> Result<Vec<Event>, StoreError>;
@@ -193,213 +365,6 @@ pub async fn migrate(config: &StoreConfig) -> anyhow::Result<()> {
     let store = open(config).await?;
     log::info!("the {} store is migrated", store.name());
     Ok(())
-}
-
-/// What a store loaded, under its locks, for the rooms a batch touches.
-#[derive(Debug, Default)]
-pub struct Loaded {
-    /// Rooms that exist, with their last seq.
-    pub rooms: HashMap<RoomName, Seq>,
-    /// Rooms that exist but were created by a concurrent transaction after this
-    /// one looked: `create` is refused, nothing else may use them in this batch.
-    pub taken: HashSet<RoomName>,
-    /// Current memberships among the (room, user) pairs of the batch.
-    pub members: HashSet<(RoomName, UserId)>,
-    /// Stored messages whose (room, user, client_msg_id) the batch repeats.
-    pub sent: HashMap<(RoomName, UserId, String), Event>,
-}
-
-/// What a batch writes: the stores turn this into SQL.
-#[derive(Debug, Default)]
-pub struct Plan {
-    pub outcomes: Vec<AppendOutcome>,
-    /// New events in append order, `id` still 0.
-    pub events: Vec<Event>,
-    /// Rooms this batch creates, with their creator.
-    pub created: Vec<(RoomName, UserId)>,
-    /// The new last seq of every room the batch appended to.
-    pub last_seqs: Vec<(RoomName, Seq)>,
-    /// Memberships the batch changed: `Some(joined_seq)` for a member at the
-    /// end of the batch, `None` for one that left.
-    pub membership: Vec<(RoomName, UserId, Option<Seq>)>,
-}
-
-impl Plan {
-    /// Fills in the ids the database gave the new events, keyed by (room, seq).
-    pub fn set_ids(&mut self, ids: &HashMap<(RoomName, Seq), i64>) {
-        for ev in self.events.iter_mut() {
-            if let Some(id) = ids.get(&(ev.room.clone(), ev.seq)) {
-                ev.id = *id;
-            }
-        }
-        for outcome in self.outcomes.iter_mut() {
-            if let AppendOutcome::Appended(ev) | AppendOutcome::Duplicate(ev) = outcome {
-                if ev.id == 0 {
-                    if let Some(id) = ids.get(&(ev.room.clone(), ev.seq)) {
-                        ev.id = *id;
-                    }
-                }
-            }
-        }
-    }
-}
-
-/// The pairs and triples a store must load for `batch`.
-pub struct Keys {
-    pub rooms: Vec<RoomName>,
-    pub creates: Vec<RoomName>,
-    pub pairs: Vec<(RoomName, UserId)>,
-    pub sent: Vec<(RoomName, UserId, String)>,
-}
-
-impl Keys {
-    pub fn of(batch: &[AppendRequest]) -> Keys {
-        let mut rooms: Vec<RoomName> = batch.iter().map(|r| r.room.clone()).collect();
-        rooms.sort();
-        rooms.dedup();
-        let mut creates: Vec<RoomName> = batch
-            .iter()
-            .filter(|r| matches!(r.op, AppendOp::Create))
-            .map(|r| r.room.clone())
-            .collect();
-        creates.sort();
-        creates.dedup();
-        let pairs: HashSet<(RoomName, UserId)> = batch
-            .iter()
-            .map(|r| (r.room.clone(), r.user.clone()))
-            .collect();
-        let sent: HashSet<(RoomName, UserId, String)> = batch
-            .iter()
-            .filter_map(|r| match &r.op {
-                AppendOp::Message {
-                    client_msg_id: Some(c),
-                    ..
-                } => Some((r.room.clone(), r.user.clone(), c.clone())),
-                _ => None,
-            })
-            .collect();
-        Keys {
-            rooms,
-            creates,
-            pairs: pairs.into_iter().collect(),
-            sent: sent.into_iter().collect(),
-        }
-    }
-}
-
-/// Decides every request of `batch` in order against what was loaded, as one
-/// transaction would: seqs continue each room's last seq with no gap.
-pub fn plan(batch: &[AppendRequest], mut loaded: Loaded, node: &str, at: DateTime<Utc>) -> Plan {
-    let mut plan = Plan::default();
-    let mut touched: Vec<RoomName> = Vec::new();
-    let mut membership: HashMap<(RoomName, UserId), Option<Seq>> = HashMap::new();
-    for req in batch {
-        let key = (req.room.clone(), req.user.clone());
-        let is_member = loaded.members.contains(&key);
-        let exists = loaded.rooms.contains_key(&req.room);
-        let refusal = match &req.op {
-            AppendOp::Create if exists || loaded.taken.contains(&req.room) => {
-                Some(Refusal::RoomExists)
-            }
-            AppendOp::Create => None,
-            _ if !exists => Some(Refusal::NoSuchRoom),
-            AppendOp::Join if is_member => {
-                plan.outcomes.push(AppendOutcome::AlreadyMember {
-                    last_seq: loaded.rooms[&req.room],
-                });
-                continue;
-            }
-            AppendOp::Join => None,
-            AppendOp::Leave | AppendOp::Message { .. } if !is_member => Some(Refusal::NotAMember),
-            _ => None,
-        };
-        if let Some(refusal) = refusal {
-            plan.outcomes.push(AppendOutcome::Refused(refusal));
-            continue;
-        }
-        if let AppendOp::Message {
-            client_msg_id: Some(c),
-            ..
-        } = &req.op
-        {
-            let sent_key = (req.room.clone(), req.user.clone(), c.clone());
-            if let Some(original) = loaded.sent.get(&sent_key) {
-                plan.outcomes
-                    .push(AppendOutcome::Duplicate(original.clone()));
-                continue;
-            }
-        }
-        let (kind, message, client_msg_id) = match &req.op {
-            AppendOp::Create => {
-                loaded.rooms.insert(req.room.clone(), 0);
-                plan.created.push(key.clone());
-                (EventKind::Create, None, None)
-            }
-            AppendOp::Join => (EventKind::Join, None, None),
-            AppendOp::Leave => (EventKind::Leave, None, None),
-            AppendOp::Message {
-                text,
-                client_msg_id,
-            } => (
-                EventKind::Message,
-                Some(text.clone()),
-                client_msg_id.clone(),
-            ),
-        };
-        // unwrap-free: the room is in `loaded.rooms` (checked or inserted above).
-        let seq = match loaded.rooms.get_mut(&req.room) {
-            Some(last) => {
-                *last += 1;
-                *last
-            }
-            None => continue,
-        };
-        if !touched.contains(&req.room) {
-            touched.push(req.room.clone());
-        }
-        match kind {
-            EventKind::Create | EventKind::Join => {
-                loaded.members.insert(key.clone());
-                membership.insert(key, Some(seq));
-            }
-            EventKind::Leave => {
-                loaded.members.remove(&key);
-                membership.insert(key, None);
-            }
-            EventKind::Message => {}
-        }
-        let event = Event {
-            kind,
-            room: req.room.clone(),
-            seq,
-            id: 0,
-            user_id: req.user.clone(),
-            message,
-            client_msg_id,
-            node: node.to_owned(),
-            at,
-        };
-        if let Some(c) = &event.client_msg_id {
-            loaded.sent.insert(
-                (event.room.clone(), event.user_id.clone(), c.clone()),
-                event.clone(),
-            );
-        }
-        plan.events.push(event.clone());
-        plan.outcomes.push(AppendOutcome::Appended(event));
-    }
-    plan.last_seqs = touched
-        .into_iter()
-        .map(|room| {
-            let last = loaded.rooms[&room];
-            (room, last)
-        })
-        .collect();
-    plan.membership = membership
-        .into_iter()
-        .map(|((room, user), joined)| (room, user, joined))
-        .collect();
-    plan
 }
 
 /// Splits a history range into the query the stores run: rows with
@@ -437,3 +402,59 @@ impl PageQuery {
 
 #[cfg(test)]
 mod tests;
+
+/// The `data` column of an event: the fields of its kind beyond the common
+/// columns and `target`, as a JSON object (absent when there are none).
+#[derive(Debug, Default, serde::Serialize, serde::Deserialize)]
+struct EventData {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    role: Option<Role>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    reason: Option<String>,
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    private: bool,
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    dm: bool,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    by: Option<UserId>,
+}
+
+/// An event's `data` column; `None` for the kinds that have none (a plain
+/// message stays as cheap to store as before).
+pub(crate) fn event_data(ev: &Event) -> Option<String> {
+    if ev.role.is_none() && ev.reason.is_none() && !ev.private && !ev.dm && ev.by.is_none() {
+        return None;
+    }
+    serde_json::to_string(&EventData {
+        role: ev.role,
+        reason: ev.reason.clone(),
+        private: ev.private,
+        dm: ev.dm,
+        by: ev.by.clone(),
+    })
+    .ok()
+}
+
+/// Sets an event's fields from its `target` and `data` columns.
+pub(crate) fn set_event_data(
+    ev: &mut Event,
+    target: Option<String>,
+    data: Option<&str>,
+) -> Result<(), StoreError> {
+    ev.target = target.map(UserId::trusted);
+    if let Some(data) = data {
+        let d: EventData = serde_json::from_str(data)
+            .map_err(|e| StoreError::Other(anyhow::anyhow!("event data {data}: {e}")))?;
+        ev.role = d.role;
+        ev.reason = d.reason;
+        ev.private = d.private;
+        ev.dm = d.dm;
+        ev.by = d.by;
+    }
+    Ok(())
+}
+
+/// A role as stored in `room_members.role`.
+pub(crate) fn role_from_db(s: &str) -> Result<Role, StoreError> {
+    Role::parse(s).ok_or_else(|| StoreError::Other(anyhow::anyhow!("stored role {s}")))
+}

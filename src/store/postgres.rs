@@ -18,16 +18,20 @@ use tokio_postgres::{NoTls, Row};
 
 use super::migrations::{self, Dialect};
 use super::{
-    plan, AppendOp, AppendOutcome, AppendRequest, EventStore, Keys, Loaded, Page, PageQuery,
-    Refusal, Snapshot, StoreError,
+    event_data, plan, role_from_db, set_event_data, Access, AppendOutcome, AppendRequest,
+    BanRow, EventStore, Invitation, Keys, Loaded, Membership, NewRoom, Page, PageQuery, Plan,
+    RoomRow, Snapshot, StoreError,
 };
 use crate::config::redact_url;
-use crate::protocol::{now_micros, Event, EventKind, HistoryRange, RoomName, UserId};
+use crate::protocol::{
+    now_micros, BanInfo, Event, EventKind, HistoryRange, Role, RoomName, UserId,
+};
 
 /// Key of the advisory lock that serialises migrations between nodes starting together.
 const MIGRATION_LOCK: i64 = 0x636f_6e66_6162;
 
-const EVENT_COLUMNS: &str = "id, room, seq, type, user_id, message, client_msg_id, node, at";
+const EVENT_COLUMNS: &str =
+    "id, room, seq, type, user_id, message, client_msg_id, node, at, target, data";
 
 pub struct PgStore {
     pool: Pool,
@@ -115,7 +119,7 @@ async fn migrate(client: &mut deadpool_postgres::Client) -> anyhow::Result<()> {
 
 fn event_from_row(row: &Row) -> Result<Event, StoreError> {
     let kind: String = row.try_get(3)?;
-    Ok(Event {
+    let mut ev = Event {
         id: row.try_get(0)?,
         room: RoomName::trusted(row.try_get(1)?),
         seq: row.try_get(2)?,
@@ -124,13 +128,323 @@ fn event_from_row(row: &Row) -> Result<Event, StoreError> {
         user_id: UserId::trusted(row.try_get(4)?),
         message: row.try_get(5)?,
         client_msg_id: row.try_get(6)?,
+        target: None,
+        role: None,
+        reason: None,
+        private: false,
+        dm: false,
+        by: None,
         node: row.try_get(7)?,
         at: row.try_get::<_, DateTime<Utc>>(8)?,
+    };
+    let data: Option<&str> = row.try_get(10)?;
+    set_event_data(&mut ev, row.try_get(9)?, data)?;
+    Ok(ev)
+}
+
+/// A `rooms` row from `last_seq, private, owner, dm_a, dm_b` at `from`.
+fn room_row(row: &Row, from: usize) -> Result<RoomRow, StoreError> {
+    let dm_a: Option<String> = row.try_get(from + 3)?;
+    let dm_b: Option<String> = row.try_get(from + 4)?;
+    Ok(RoomRow {
+        last_seq: row.try_get(from)?,
+        private: row.try_get(from + 1)?,
+        owner: row.try_get::<_, Option<String>>(from + 2)?.map(UserId::trusted),
+        dm: dm_a
+            .zip(dm_b)
+            .map(|(a, b)| (UserId::trusted(a), UserId::trusted(b))),
     })
 }
 
 fn names(rooms: &[RoomName]) -> Vec<&str> {
     rooms.iter().map(RoomName::as_str).collect()
+}
+
+type Params<'a, const N: usize> = [&'a (dyn tokio_postgres::types::ToSql + Sync); N];
+
+/// Loads what `plan` needs for `batch`, locking the batch's rooms (in name
+/// order, so that two nodes' batches cannot deadlock) and inserting the rooms
+/// it may create.
+async fn load(
+    tx: &deadpool_postgres::Transaction<'_>,
+    batch: &[AppendRequest],
+    keys: &Keys,
+    at: &DateTime<Utc>,
+) -> Result<(Loaded, Vec<RoomName>), StoreError> {
+    let mut loaded = Loaded::default();
+    let lock = tx
+        .prepare_cached(
+            "SELECT name, last_seq, private, owner, dm_a, dm_b FROM rooms WHERE name = ANY($1)
+             ORDER BY name FOR UPDATE",
+        )
+        .await?;
+    for row in tx.query(&lock, &[&names(&keys.rooms)]).await? {
+        loaded
+            .rooms
+            .insert(RoomName::trusted(row.try_get(0)?), room_row(&row, 1)?);
+    }
+
+    // Rooms to create are inserted after the locks are taken, so every
+    // transaction takes its row locks before it waits on another's insert.
+    let candidates: Vec<&NewRoom> = keys
+        .creates
+        .iter()
+        .filter(|new| !loaded.rooms.contains_key(&new.name))
+        .collect();
+    let mut inserted_rooms = Vec::new();
+    if !candidates.is_empty() {
+        let insert = tx
+            .prepare_cached(
+                "INSERT INTO rooms (name, created_by, created_at, last_seq, private, dm_a, dm_b)
+                 SELECT n, c, $3, 0, p, a, b
+                 FROM unnest($1::text[], $2::text[], $4::bool[], $5::text[], $6::text[])
+                   AS t (n, c, p, a, b)
+                 ON CONFLICT (name) DO NOTHING RETURNING name",
+            )
+            .await?;
+        let rooms: Vec<&str> = candidates.iter().map(|c| c.name.as_str()).collect();
+        let users: Vec<&str> = candidates.iter().map(|c| c.creator.as_str()).collect();
+        let private: Vec<bool> = candidates.iter().map(|c| c.private).collect();
+        let dm_a: Vec<Option<&str>> = candidates
+            .iter()
+            .map(|c| c.dm.as_ref().map(|(a, _)| a.as_str()))
+            .collect();
+        let dm_b: Vec<Option<&str>> = candidates
+            .iter()
+            .map(|c| c.dm.as_ref().map(|(_, b)| b.as_str()))
+            .collect();
+        let inserted: HashSet<String> = tx
+            .query(&insert, &[&rooms, &users, at, &private, &dm_a, &dm_b])
+            .await?
+            .iter()
+            .map(|r| r.get(0))
+            .collect();
+        let mut dms_taken = Vec::new();
+        for c in &candidates {
+            if inserted.contains(c.name.as_str()) {
+                inserted_rooms.push(c.name.clone());
+            } else if c.dm.is_some() {
+                dms_taken.push(c.name.clone());
+            } else {
+                loaded.taken.insert(c.name.clone());
+            }
+        }
+        // A DM another node made at the same moment: it committed (our insert
+        // waited for it), so this statement sees it. `dm` then returns it.
+        if !dms_taken.is_empty() {
+            for row in tx.query(&lock, &[&names(&dms_taken)]).await? {
+                loaded
+                    .rooms
+                    .insert(RoomName::trusted(row.try_get(0)?), room_row(&row, 1)?);
+            }
+            for name in dms_taken {
+                if !loaded.rooms.contains_key(&name) {
+                    loaded.taken.insert(name);
+                }
+            }
+        }
+    }
+
+    let pair_rooms: Vec<&str> = keys.pairs.iter().map(|(r, _)| r.as_str()).collect();
+    let pair_users: Vec<&str> = keys.pairs.iter().map(|(_, u)| u.as_str()).collect();
+    let members = tx
+        .prepare_cached(
+            "SELECT m.room, m.user_id, m.role, m.joined_seq FROM room_members m
+             JOIN unnest($1::text[], $2::text[]) AS k (room, user_id)
+               ON m.room = k.room AND m.user_id = k.user_id",
+        )
+        .await?;
+    let invites = tx
+        .prepare_cached(
+            "SELECT i.room, i.user_id, i.by_user, i.seq FROM room_invites i
+             JOIN unnest($1::text[], $2::text[]) AS k (room, user_id)
+               ON i.room = k.room AND i.user_id = k.user_id",
+        )
+        .await?;
+    let bans = tx
+        .prepare_cached(
+            "SELECT b.room, b.user_id, b.by_user, b.reason, b.seq FROM room_bans b
+             JOIN unnest($1::text[], $2::text[]) AS k (room, user_id)
+               ON b.room = k.room AND b.user_id = k.user_id",
+        )
+        .await?;
+    let blocks = tx
+        .prepare_cached(
+            "SELECT b.user_id, b.blocked FROM user_blocks b
+             JOIN unnest($1::text[], $2::text[]) AS k (u, x) ON b.user_id = k.u AND b.blocked = k.x",
+        )
+        .await?;
+    let pair_params: Params<'_, 2> = [&pair_rooms, &pair_users];
+    let blockers: Vec<&str> = keys.blocks.iter().map(|(a, _)| a.as_str()).collect();
+    let blocked: Vec<&str> = keys.blocks.iter().map(|(_, b)| b.as_str()).collect();
+    let block_params: Params<'_, 2> = [&blockers, &blocked];
+    // A batch of messages and leaves needs no invitation, ban or block:
+    // those reads are skipped (empty arrays cost a round trip's share only).
+    let (member_rows, invite_rows, ban_rows, block_rows) = if keys.moderation {
+        futures_util::try_join!(
+            tx.query(&members, &pair_params),
+            tx.query(&invites, &pair_params),
+            tx.query(&bans, &pair_params),
+            tx.query(&blocks, &block_params),
+        )?
+    } else {
+        (tx.query(&members, &pair_params).await?, Vec::new(), Vec::new(), Vec::new())
+    };
+    let pair = |row: &Row| -> Result<(RoomName, UserId), StoreError> {
+        Ok((
+            RoomName::trusted(row.try_get(0)?),
+            UserId::trusted(row.try_get(1)?),
+        ))
+    };
+    for row in &member_rows {
+        let role: &str = row.try_get(2)?;
+        loaded.members.insert(
+            pair(row)?,
+            Membership {
+                role: role_from_db(role)?,
+                joined_seq: row.try_get(3)?,
+            },
+        );
+    }
+    for row in &invite_rows {
+        loaded.invites.insert(
+            pair(row)?,
+            Invitation {
+                by: UserId::trusted(row.try_get(2)?),
+                seq: row.try_get(3)?,
+            },
+        );
+    }
+    for row in &ban_rows {
+        loaded.bans.insert(
+            pair(row)?,
+            BanRow {
+                by: UserId::trusted(row.try_get(2)?),
+                reason: row.try_get(3)?,
+                seq: row.try_get(4)?,
+            },
+        );
+    }
+    for row in &block_rows {
+        loaded.blocks.insert((
+            UserId::trusted(row.try_get(0)?),
+            UserId::trusted(row.try_get(1)?),
+        ));
+    }
+
+    let succession = keys.succession(batch, &loaded.rooms);
+    if !succession.is_empty() {
+        let heirs = tx
+            .prepare_cached(
+                "SELECT k.r, m.user_id, m.role, m.joined_seq
+                 FROM unnest($1::text[], $2::int8[]) AS k (r, n)
+                 CROSS JOIN LATERAL (
+                     SELECT user_id, role, joined_seq FROM room_members
+                     WHERE room = k.r AND role <> 'owner'
+                     ORDER BY role = 'admin' DESC, joined_seq LIMIT k.n) m",
+            )
+            .await?;
+        let rooms: Vec<&str> = succession.iter().map(|(r, _)| r.as_str()).collect();
+        let limits: Vec<i64> = succession.iter().map(|(_, n)| *n).collect();
+        for row in tx.query(&heirs, &[&rooms, &limits]).await? {
+            let role: &str = row.try_get(2)?;
+            loaded
+                .successors
+                .entry(RoomName::trusted(row.try_get(0)?))
+                .or_default()
+                .push((
+                    UserId::trusted(row.try_get(1)?),
+                    Membership {
+                        role: role_from_db(role)?,
+                        joined_seq: row.try_get(3)?,
+                    },
+                ));
+        }
+    }
+
+    if !keys.sent.is_empty() {
+        let sent = tx
+            .prepare_cached(&format!(
+                "SELECT {EVENT_COLUMNS} FROM events e
+                 JOIN unnest($1::text[], $2::text[], $3::text[]) AS k (r, u, c)
+                   ON e.room = k.r AND e.user_id = k.u AND e.client_msg_id = k.c"
+            ))
+            .await?;
+        let r: Vec<&str> = keys.sent.iter().map(|k| k.0.as_str()).collect();
+        let u: Vec<&str> = keys.sent.iter().map(|k| k.1.as_str()).collect();
+        let c: Vec<&str> = keys.sent.iter().map(|k| k.2.as_str()).collect();
+        for row in tx.query(&sent, &[&r, &u, &c]).await? {
+            let ev = event_from_row(&row)?;
+            let key = (
+                ev.room.clone(),
+                ev.user_id.clone(),
+                ev.client_msg_id.clone().unwrap_or_default(),
+            );
+            loaded.sent.insert(key, ev);
+        }
+    }
+    Ok((loaded, inserted_rooms))
+}
+
+/// Writes a plan's invitations and bans, and removes the rooms `load`
+/// inserted that the plan did not create (a `dm` refused by a block).
+async fn write_moderation(
+    tx: &deadpool_postgres::Transaction<'_>,
+    plan: &Plan,
+    inserted: &[RoomName],
+) -> Result<(), StoreError> {
+    let unused: Vec<&str> = inserted
+        .iter()
+        .filter(|r| !plan.created.iter().any(|c| &c.name == *r))
+        .map(RoomName::as_str)
+        .collect();
+    if plan.invites.is_empty() && plan.bans.is_empty() && unused.is_empty() {
+        return Ok(());
+    }
+    for ((room, user), invitation) in &plan.invites {
+        match invitation {
+            Some(i) => {
+                tx.execute(
+                    "INSERT INTO room_invites (room, user_id, by_user, seq) VALUES ($1, $2, $3, $4)
+                     ON CONFLICT (room, user_id) DO UPDATE SET by_user = $3, seq = $4",
+                    &[&room.as_str(), &user.as_str(), &i.by.as_str(), &i.seq],
+                )
+                .await?
+            }
+            None => {
+                tx.execute(
+                    "DELETE FROM room_invites WHERE room = $1 AND user_id = $2",
+                    &[&room.as_str(), &user.as_str()],
+                )
+                .await?
+            }
+        };
+    }
+    for ((room, user), ban) in &plan.bans {
+        match ban {
+            Some(b) => {
+                tx.execute(
+                    "INSERT INTO room_bans (room, user_id, by_user, reason, seq)
+                     VALUES ($1, $2, $3, $4, $5)
+                     ON CONFLICT (room, user_id) DO UPDATE SET by_user = $3, reason = $4, seq = $5",
+                    &[&room.as_str(), &user.as_str(), &b.by.as_str(), &b.reason, &b.seq],
+                )
+                .await?
+            }
+            None => {
+                tx.execute(
+                    "DELETE FROM room_bans WHERE room = $1 AND user_id = $2",
+                    &[&room.as_str(), &user.as_str()],
+                )
+                .await?
+            }
+        };
+    }
+    if !unused.is_empty() {
+        tx.execute("DELETE FROM rooms WHERE name = ANY($1)", &[&unused])
+            .await?;
+    }
+    Ok(())
 }
 
 #[async_trait]
@@ -151,117 +465,35 @@ impl EventStore for PgStore {
         let mut client = self.pool.get().await?;
         let tx = client.transaction().await?;
         let keys = Keys::of(batch);
-        let mut loaded = Loaded::default();
-
-        let lock = tx
-            .prepare_cached(
-                "SELECT name, last_seq FROM rooms WHERE name = ANY($1)
-                 ORDER BY name FOR UPDATE",
-            )
-            .await?;
-        for row in tx.query(&lock, &[&names(&keys.rooms)]).await? {
-            loaded
-                .rooms
-                .insert(RoomName::trusted(row.try_get(0)?), row.try_get(1)?);
-        }
-
         let at = now_micros();
-        // Rooms to create are inserted after the locks are taken, so every
-        // transaction takes its row locks before it waits on another's insert.
-        let candidates: Vec<(&RoomName, &UserId)> = keys
-            .creates
-            .iter()
-            .filter(|room| !loaded.rooms.contains_key(*room))
-            .filter_map(|room| {
-                batch
-                    .iter()
-                    .find(|r| &r.room == room && matches!(r.op, AppendOp::Create))
-                    .map(|r| (&r.room, &r.user))
-            })
-            .collect();
-        if !candidates.is_empty() {
-            let insert = tx
-                .prepare_cached(
-                    "INSERT INTO rooms (name, created_by, created_at, last_seq)
-                     SELECT n, c, $3, 0 FROM unnest($1::text[], $2::text[]) AS t (n, c)
-                     ON CONFLICT (name) DO NOTHING RETURNING name",
-                )
-                .await?;
-            let rooms: Vec<&str> = candidates.iter().map(|(r, _)| r.as_str()).collect();
-            let users: Vec<&str> = candidates.iter().map(|(_, u)| u.as_str()).collect();
-            let inserted: HashSet<String> = tx
-                .query(&insert, &[&rooms, &users, &at])
-                .await?
-                .iter()
-                .map(|r| r.get(0))
-                .collect();
-            for room in rooms.iter().filter(|r| !inserted.contains(**r)) {
-                loaded.taken.insert(RoomName::trusted((*room).to_owned()));
-            }
-        }
-
-        let pair_rooms: Vec<&str> = keys.pairs.iter().map(|(r, _)| r.as_str()).collect();
-        let pair_users: Vec<&str> = keys.pairs.iter().map(|(_, u)| u.as_str()).collect();
-        let members = tx
-            .prepare_cached(
-                "SELECT m.room, m.user_id FROM room_members m
-                 JOIN unnest($1::text[], $2::text[]) AS k (room, user_id)
-                   ON m.room = k.room AND m.user_id = k.user_id",
-            )
-            .await?;
-        for row in tx.query(&members, &[&pair_rooms, &pair_users]).await? {
-            loaded.members.insert((
-                RoomName::trusted(row.try_get(0)?),
-                UserId::trusted(row.try_get(1)?),
-            ));
-        }
-
-        if !keys.sent.is_empty() {
-            let sent = tx
-                .prepare_cached(&format!(
-                    "SELECT {EVENT_COLUMNS} FROM events e
-                     JOIN unnest($1::text[], $2::text[], $3::text[]) AS k (r, u, c)
-                       ON e.room = k.r AND e.user_id = k.u AND e.client_msg_id = k.c"
-                ))
-                .await?;
-            let r: Vec<&str> = keys.sent.iter().map(|k| k.0.as_str()).collect();
-            let u: Vec<&str> = keys.sent.iter().map(|k| k.1.as_str()).collect();
-            let c: Vec<&str> = keys.sent.iter().map(|k| k.2.as_str()).collect();
-            for row in tx.query(&sent, &[&r, &u, &c]).await? {
-                let ev = event_from_row(&row)?;
-                let key = (
-                    ev.room.clone(),
-                    ev.user_id.clone(),
-                    ev.client_msg_id.clone().unwrap_or_default(),
-                );
-                loaded.sent.insert(key, ev);
-            }
-        }
-
+        let (loaded, inserted) = load(&tx, batch, &keys, &at).await?;
         let mut plan = plan(batch, loaded, node, at);
 
         // The writes are independent of each other: send them together and let
         // tokio-postgres pipeline them on the connection.
         let insert_events = tx
             .prepare_cached(
-                "INSERT INTO events (room, seq, type, user_id, message, client_msg_id, node, at)
-                 SELECT r, s, t, u, m, c, $7, $8
-                 FROM unnest($1::text[], $2::int8[], $3::text[], $4::text[], $5::text[], $6::text[])
-                   AS e (r, s, t, u, m, c)
+                "INSERT INTO events (room, seq, type, user_id, message, client_msg_id, node, at,
+                                     target, data)
+                 SELECT r, s, t, u, m, c, $7, $8, x, d
+                 FROM unnest($1::text[], $2::int8[], $3::text[], $4::text[], $5::text[],
+                             $6::text[], $9::text[], $10::text[])
+                   AS e (r, s, t, u, m, c, x, d)
                  RETURNING id, room, seq",
             )
             .await?;
-        let set_last = tx
+        let set_rooms = tx
             .prepare_cached(
-                "UPDATE rooms r SET last_seq = v.s
-                 FROM unnest($1::text[], $2::int8[]) AS v (n, s) WHERE r.name = v.n",
+                "UPDATE rooms r SET last_seq = v.s, owner = v.o
+                 FROM unnest($1::text[], $2::int8[], $3::text[]) AS v (n, s, o) WHERE r.name = v.n",
             )
             .await?;
         let join = tx
             .prepare_cached(
-                "INSERT INTO room_members (room, user_id, joined_seq)
-                 SELECT * FROM unnest($1::text[], $2::text[], $3::int8[])
-                 ON CONFLICT (room, user_id) DO UPDATE SET joined_seq = EXCLUDED.joined_seq",
+                "INSERT INTO room_members (room, user_id, joined_seq, role)
+                 SELECT * FROM unnest($1::text[], $2::text[], $3::int8[], $4::text[])
+                 ON CONFLICT (room, user_id)
+                 DO UPDATE SET joined_seq = EXCLUDED.joined_seq, role = EXCLUDED.role",
             )
             .await?;
         let leave = tx
@@ -281,32 +513,49 @@ impl EventStore for PgStore {
             .iter()
             .map(|e| e.client_msg_id.as_deref())
             .collect();
-        let last_rooms: Vec<&str> = plan.last_seqs.iter().map(|(r, _)| r.as_str()).collect();
-        let last_seqs: Vec<i64> = plan.last_seqs.iter().map(|(_, s)| *s).collect();
+        let ev_targets: Vec<Option<&str>> = plan
+            .events
+            .iter()
+            .map(|e| e.target.as_ref().map(UserId::as_str))
+            .collect();
+        let ev_data: Vec<Option<String>> = plan.events.iter().map(event_data).collect();
+        let room_names: Vec<&str> = plan.rooms.iter().map(|(r, _, _)| r.as_str()).collect();
+        let room_seqs: Vec<i64> = plan.rooms.iter().map(|(_, s, _)| *s).collect();
+        let room_owners: Vec<Option<&str>> = plan
+            .rooms
+            .iter()
+            .map(|(_, _, o)| o.as_ref().map(UserId::as_str))
+            .collect();
         let (joined, left): (Vec<_>, Vec<_>) =
-            plan.membership.iter().partition(|(_, _, j)| j.is_some());
-        let join_rooms: Vec<&str> = joined.iter().map(|(r, _, _)| r.as_str()).collect();
-        let join_users: Vec<&str> = joined.iter().map(|(_, u, _)| u.as_str()).collect();
-        let join_seqs: Vec<i64> = joined.iter().map(|(_, _, j)| j.unwrap_or(0)).collect();
-        let left_rooms: Vec<&str> = left.iter().map(|(r, _, _)| r.as_str()).collect();
-        let left_users: Vec<&str> = left.iter().map(|(_, u, _)| u.as_str()).collect();
+            plan.membership.iter().partition(|(_, m)| m.is_some());
+        let join_rooms: Vec<&str> = joined.iter().map(|((r, _), _)| r.as_str()).collect();
+        let join_users: Vec<&str> = joined.iter().map(|((_, u), _)| u.as_str()).collect();
+        let join_seqs: Vec<i64> = joined
+            .iter()
+            .map(|(_, m)| m.map_or(0, |m| m.joined_seq))
+            .collect();
+        let join_roles: Vec<&str> = joined
+            .iter()
+            .map(|(_, m)| m.map_or("member", |m| m.role.as_str()))
+            .collect();
+        let left_rooms: Vec<&str> = left.iter().map(|((r, _), _)| r.as_str()).collect();
+        let left_users: Vec<&str> = left.iter().map(|((_, u), _)| u.as_str()).collect();
         let node = node.to_owned();
 
-        let event_params: [&(dyn tokio_postgres::types::ToSql + Sync); 8] = [
+        let event_params: Params<'_, 10> = [
             &ev_rooms, &ev_seqs, &ev_types, &ev_users, &ev_msgs, &ev_cids, &node, &at,
+            &ev_targets, &ev_data,
         ];
-        let last_params: [&(dyn tokio_postgres::types::ToSql + Sync); 2] =
-            [&last_rooms, &last_seqs];
-        let join_params: [&(dyn tokio_postgres::types::ToSql + Sync); 3] =
-            [&join_rooms, &join_users, &join_seqs];
-        let leave_params: [&(dyn tokio_postgres::types::ToSql + Sync); 2] =
-            [&left_rooms, &left_users];
+        let room_params: Params<'_, 3> = [&room_names, &room_seqs, &room_owners];
+        let join_params: Params<'_, 4> = [&join_rooms, &join_users, &join_seqs, &join_roles];
+        let leave_params: Params<'_, 2> = [&left_rooms, &left_users];
         let (rows, _, _, _) = futures_util::try_join!(
             tx.query(&insert_events, &event_params),
-            tx.execute(&set_last, &last_params),
+            tx.execute(&set_rooms, &room_params),
             tx.execute(&join, &join_params),
             tx.execute(&leave, &leave_params),
         )?;
+        write_moderation(&tx, &plan, &inserted).await?;
         tx.commit().await?;
 
         let mut ids = HashMap::with_capacity(rows.len());
@@ -324,17 +573,31 @@ impl EventStore for PgStore {
         let client = self.pool.get().await?;
         let mut snap = Snapshot::default();
         for row in client
-            .query("SELECT name, last_seq FROM rooms ORDER BY name", &[])
+            .query(
+                "SELECT name, last_seq, private, owner, dm_a, dm_b FROM rooms ORDER BY name",
+                &[],
+            )
             .await?
         {
             snap.rooms
-                .push((RoomName::trusted(row.try_get(0)?), row.try_get(1)?));
+                .push((RoomName::trusted(row.try_get(0)?), room_row(&row, 1)?));
         }
         for row in client
-            .query("SELECT room, user_id FROM room_members", &[])
+            .query("SELECT room, user_id, role FROM room_members", &[])
             .await?
         {
+            let role: &str = row.try_get(2)?;
             snap.members.push((
+                RoomName::trusted(row.try_get(0)?),
+                UserId::trusted(row.try_get(1)?),
+                role_from_db(role)?,
+            ));
+        }
+        for row in client
+            .query("SELECT room, user_id FROM room_invites", &[])
+            .await?
+        {
+            snap.invites.push((
                 RoomName::trusted(row.try_get(0)?),
                 UserId::trusted(row.try_get(1)?),
             ));
@@ -362,29 +625,93 @@ impl EventStore for PgStore {
         Ok(q.finish(events))
     }
 
-    async fn check_reader(
+    async fn access(
         &self,
         room: &RoomName,
-        user: Option<&UserId>,
-    ) -> Result<Option<Refusal>, StoreError> {
+        reader: Option<&UserId>,
+    ) -> Result<Access, StoreError> {
         let client = self.pool.get().await?;
         let st = client
             .prepare_cached(
-                "SELECT EXISTS (SELECT 1 FROM rooms WHERE name = $1),
-                        EXISTS (SELECT 1 FROM room_members WHERE room = $1 AND user_id = $2)",
+                "SELECT r.last_seq, r.private, r.owner, r.dm_a, r.dm_b,
+                        (SELECT role FROM room_members WHERE room = $1 AND user_id = $2),
+                        EXISTS (SELECT 1 FROM room_invites WHERE room = $1 AND user_id = $2)
+                 FROM rooms r WHERE r.name = $1",
             )
             .await?;
-        let row = client
-            .query_one(&st, &[&room.as_str(), &user.map(UserId::as_str)])
-            .await?;
-        let (exists, member): (bool, bool) = (row.try_get(0)?, row.try_get(1)?);
-        Ok(if !exists {
-            Some(Refusal::NoSuchRoom)
-        } else if user.is_some() && !member {
-            Some(Refusal::NotAMember)
-        } else {
-            None
+        let Some(row) = client
+            .query_opt(&st, &[&room.as_str(), &reader.map(UserId::as_str)])
+            .await?
+        else {
+            return Ok(Access::default());
+        };
+        let role: Option<&str> = row.try_get(5)?;
+        Ok(Access {
+            room: Some(room_row(&row, 0)?),
+            role: role.map(role_from_db).transpose()?,
+            invited: row.try_get(6)?,
         })
+    }
+
+    async fn members(&self, room: &RoomName) -> Result<Vec<(UserId, Role)>, StoreError> {
+        let client = self.pool.get().await?;
+        let st = client
+            .prepare_cached(
+                "SELECT user_id, role FROM room_members WHERE room = $1 ORDER BY joined_seq",
+            )
+            .await?;
+        client
+            .query(&st, &[&room.as_str()])
+            .await?
+            .iter()
+            .map(|row| {
+                let role: &str = row.try_get(1)?;
+                Ok((UserId::trusted(row.try_get(0)?), role_from_db(role)?))
+            })
+            .collect()
+    }
+
+    async fn bans(&self, room: &RoomName) -> Result<Vec<BanInfo>, StoreError> {
+        let client = self.pool.get().await?;
+        let st = client
+            .prepare_cached(
+                "SELECT user_id, by_user, reason, seq FROM room_bans WHERE room = $1 ORDER BY seq",
+            )
+            .await?;
+        client
+            .query(&st, &[&room.as_str()])
+            .await?
+            .iter()
+            .map(|row| {
+                Ok(BanInfo {
+                    user_id: UserId::trusted(row.try_get(0)?),
+                    by: UserId::trusted(row.try_get(1)?),
+                    reason: row.try_get(2)?,
+                    seq: row.try_get(3)?,
+                })
+            })
+            .collect()
+    }
+
+    async fn set_block(&self, user: &UserId, blocked: &UserId, on: bool) -> Result<(), StoreError> {
+        let client = self.pool.get().await?;
+        if on {
+            client
+                .execute(
+                    "INSERT INTO user_blocks (user_id, blocked, at) VALUES ($1, $2, $3)
+                     ON CONFLICT DO NOTHING",
+                    &[&user.as_str(), &blocked.as_str(), &now_micros()],
+                )
+                .await?;
+        } else {
+            client
+                .execute(
+                    "DELETE FROM user_blocks WHERE user_id = $1 AND blocked = $2",
+                    &[&user.as_str(), &blocked.as_str()],
+                )
+                .await?;
+        }
+        Ok(())
     }
 
     async fn all_events(&self) -> Result<Vec<Event>, StoreError> {

@@ -17,12 +17,14 @@ use rusqlite::{params, Connection, OptionalExtension, Row, TransactionBehavior};
 
 use super::migrations::{self, Dialect};
 use super::{
-    plan, AppendOutcome, AppendRequest, EventStore, Keys, Loaded, Page, PageQuery, Refusal,
+    event_data, plan, role_from_db, set_event_data, Access, AppendOutcome, AppendRequest,
+    BanRow, EventStore, Invitation, Keys, Loaded, Membership, Page, PageQuery, RoomRow,
     Snapshot, StoreError,
 };
-use crate::protocol::{now_micros, Event, EventKind, HistoryRange, RoomName, UserId};
+use crate::protocol::{now_micros, BanInfo, Event, EventKind, HistoryRange, Role, RoomName, UserId};
 
-const EVENT_COLUMNS: &str = "id, room, seq, type, user_id, message, client_msg_id, node, at";
+const EVENT_COLUMNS: &str =
+    "id, room, seq, type, user_id, message, client_msg_id, node, at, target, data";
 
 /// How often the checkpointer copies the WAL into the database file.
 const CHECKPOINT_INTERVAL: Duration = Duration::from_millis(500);
@@ -50,6 +52,7 @@ impl SqliteStore {
             Connection::open(path).with_context(|| format!("cannot open SQLITE_PATH={path}"))?;
         writer.execute_batch(
             "PRAGMA journal_mode=WAL; PRAGMA synchronous=FULL; PRAGMA foreign_keys=ON;
+             PRAGMA secure_delete=ON;
              PRAGMA busy_timeout=5000; PRAGMA wal_autocheckpoint=0;",
         )?;
         migrate(&mut writer).with_context(|| format!("cannot migrate SQLITE_PATH={path}"))?;
@@ -133,7 +136,7 @@ fn event_from_row(row: &Row<'_>) -> rusqlite::Result<Event> {
     let bad = |what: String| {
         rusqlite::Error::FromSqlConversionFailure(0, rusqlite::types::Type::Text, what.into())
     };
-    Ok(Event {
+    let mut ev = Event {
         id: row.get(0)?,
         room: RoomName::trusted(row.get(1)?),
         seq: row.get(2)?,
@@ -141,11 +144,138 @@ fn event_from_row(row: &Row<'_>) -> rusqlite::Result<Event> {
         user_id: UserId::trusted(row.get(4)?),
         message: row.get(5)?,
         client_msg_id: row.get(6)?,
+        target: None,
+        role: None,
+        reason: None,
+        private: false,
+        dm: false,
+        by: None,
         node: row.get(7)?,
         at: DateTime::parse_from_rfc3339(&at)
             .map_err(|e| bad(format!("event time {at}: {e}")))?
             .with_timezone(&Utc),
+    };
+    let data: Option<String> = row.get(10)?;
+    set_event_data(&mut ev, row.get(9)?, data.as_deref()).map_err(|e| bad(e.to_string()))?;
+    Ok(ev)
+}
+
+fn room_row(row: &Row<'_>, from: usize) -> rusqlite::Result<RoomRow> {
+    let dm_a: Option<String> = row.get(from + 3)?;
+    let dm_b: Option<String> = row.get(from + 4)?;
+    Ok(RoomRow {
+        last_seq: row.get(from)?,
+        private: row.get(from + 1)?,
+        owner: row.get::<_, Option<String>>(from + 2)?.map(UserId::trusted),
+        dm: dm_a
+            .zip(dm_b)
+            .map(|(a, b)| (UserId::trusted(a), UserId::trusted(b))),
     })
+}
+
+fn role_of(s: String) -> rusqlite::Result<Role> {
+    role_from_db(&s).map_err(|e| {
+        rusqlite::Error::FromSqlConversionFailure(0, rusqlite::types::Type::Text, e.to_string().into())
+    })
+}
+
+fn load(tx: &rusqlite::Transaction<'_>, batch: &[AppendRequest]) -> Result<Loaded, StoreError> {
+    let keys = Keys::of(batch);
+    let mut loaded = Loaded::default();
+    let mut room = tx.prepare_cached(
+        "SELECT last_seq, private, owner, dm_a, dm_b FROM rooms WHERE name = ?1",
+    )?;
+    for name in &keys.rooms {
+        if let Some(row) = room.query_row([name.as_str()], |r| room_row(r, 0)).optional()? {
+            loaded.rooms.insert(name.clone(), row);
+        }
+    }
+    let mut member = tx.prepare_cached(
+        "SELECT role, joined_seq FROM room_members WHERE room = ?1 AND user_id = ?2",
+    )?;
+    let mut invite = tx.prepare_cached(
+        "SELECT by_user, seq FROM room_invites WHERE room = ?1 AND user_id = ?2",
+    )?;
+    let mut ban = tx.prepare_cached(
+        "SELECT by_user, reason, seq FROM room_bans WHERE room = ?1 AND user_id = ?2",
+    )?;
+    for key in keys.pairs.iter() {
+        let args = [key.0.as_str(), key.1.as_str()];
+        if let Some(m) = member
+            .query_row(args, |r| {
+                Ok(Membership {
+                    role: role_of(r.get(0)?)?,
+                    joined_seq: r.get(1)?,
+                })
+            })
+            .optional()?
+        {
+            loaded.members.insert(key.clone(), m);
+        }
+        if let Some(i) = invite
+            .query_row(args, |r| {
+                Ok(Invitation {
+                    by: UserId::trusted(r.get(0)?),
+                    seq: r.get(1)?,
+                })
+            })
+            .optional()?
+        {
+            loaded.invites.insert(key.clone(), i);
+        }
+        if let Some(b) = ban
+            .query_row(args, |r| {
+                Ok(BanRow {
+                    by: UserId::trusted(r.get(0)?),
+                    reason: r.get(1)?,
+                    seq: r.get(2)?,
+                })
+            })
+            .optional()?
+        {
+            loaded.bans.insert(key.clone(), b);
+        }
+    }
+    let mut block =
+        tx.prepare_cached("SELECT 1 FROM user_blocks WHERE user_id = ?1 AND blocked = ?2")?;
+    for (blocker, blocked) in &keys.blocks {
+        if block.exists([blocker.as_str(), blocked.as_str()])? {
+            loaded.blocks.insert((blocker.clone(), blocked.clone()));
+        }
+    }
+    let mut heirs = tx.prepare_cached(
+        "SELECT user_id, role, joined_seq FROM room_members WHERE room = ?1 AND role <> 'owner'
+         ORDER BY role = 'admin' DESC, joined_seq LIMIT ?2",
+    )?;
+    for (name, limit) in keys.succession(batch, &loaded.rooms) {
+        let rows = heirs.query_map(params![name.as_str(), limit], |r| {
+            Ok((
+                UserId::trusted(r.get(0)?),
+                Membership {
+                    role: role_of(r.get(1)?)?,
+                    joined_seq: r.get(2)?,
+                },
+            ))
+        })?;
+        let list = rows.collect::<rusqlite::Result<Vec<_>>>()?;
+        loaded.successors.insert(name, list);
+    }
+    let mut sent = tx.prepare_cached(&format!(
+        "SELECT {EVENT_COLUMNS} FROM events
+         WHERE room = ?1 AND user_id = ?2 AND client_msg_id = ?3"
+    ))?;
+    for key in keys.sent {
+        if let Some(ev) = sent
+            .query_row(
+                [key.0.as_str(), key.1.as_str(), key.2.as_str()],
+                event_from_row,
+            )
+            .optional()?
+        {
+            loaded.sent.insert(key, ev);
+        }
+    }
+    Ok(loaded)
 }
 
 fn append_blocking(
@@ -154,51 +284,30 @@ fn append_blocking(
     node: &str,
 ) -> Result<Vec<AppendOutcome>, StoreError> {
     let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
-    let keys = Keys::of(batch);
-    let mut loaded = Loaded::default();
-    {
-        let mut room = tx.prepare_cached("SELECT last_seq FROM rooms WHERE name = ?1")?;
-        for name in &keys.rooms {
-            if let Some(last) = room.query_row([name.as_str()], |r| r.get(0)).optional()? {
-                loaded.rooms.insert(name.clone(), last);
-            }
-        }
-        let mut member =
-            tx.prepare_cached("SELECT 1 FROM room_members WHERE room = ?1 AND user_id = ?2")?;
-        for (room, user) in keys.pairs {
-            if member.exists([room.as_str(), user.as_str()])? {
-                loaded.members.insert((room, user));
-            }
-        }
-        let mut sent = tx.prepare_cached(&format!(
-            "SELECT {EVENT_COLUMNS} FROM events
-             WHERE room = ?1 AND user_id = ?2 AND client_msg_id = ?3"
-        ))?;
-        for key in keys.sent {
-            if let Some(ev) = sent
-                .query_row(
-                    [key.0.as_str(), key.1.as_str(), key.2.as_str()],
-                    event_from_row,
-                )
-                .optional()?
-            {
-                loaded.sent.insert(key, ev);
-            }
-        }
-    }
+    let loaded = load(&tx, batch)?;
     let at = now_micros();
     let mut plan = plan(batch, loaded, node, at);
     let mut ids = HashMap::with_capacity(plan.events.len());
     {
         let mut create = tx.prepare_cached(
-            "INSERT INTO rooms (name, created_by, created_at, last_seq) VALUES (?1, ?2, ?3, 0)",
+            "INSERT INTO rooms (name, created_by, created_at, last_seq, private, dm_a, dm_b)
+             VALUES (?1, ?2, ?3, 0, ?4, ?5, ?6)",
         )?;
-        for (room, user) in &plan.created {
-            create.execute(params![room.as_str(), user.as_str(), fmt_at(&at)])?;
+        for new in &plan.created {
+            let (a, b) = new.dm.as_ref().map(|(a, b)| (a.as_str(), b.as_str())).unzip();
+            create.execute(params![
+                new.name.as_str(),
+                new.creator.as_str(),
+                fmt_at(&at),
+                new.private,
+                a,
+                b
+            ])?;
         }
         let mut insert = tx.prepare_cached(
-            "INSERT INTO events (room, seq, type, user_id, message, client_msg_id, node, at)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+            "INSERT INTO events (room, seq, type, user_id, message, client_msg_id, node, at,
+                                 target, data)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
         )?;
         let at_text = fmt_at(&at);
         for ev in &plan.events {
@@ -210,24 +319,62 @@ fn append_blocking(
                 ev.message,
                 ev.client_msg_id,
                 ev.node,
-                at_text
+                at_text,
+                ev.target.as_ref().map(UserId::as_str),
+                event_data(ev),
             ])?;
             ids.insert((ev.room.clone(), ev.seq), tx.last_insert_rowid());
         }
-        let mut last = tx.prepare_cached("UPDATE rooms SET last_seq = ?2 WHERE name = ?1")?;
-        for (room, seq) in &plan.last_seqs {
-            last.execute(params![room.as_str(), seq])?;
+        let mut last =
+            tx.prepare_cached("UPDATE rooms SET last_seq = ?2, owner = ?3 WHERE name = ?1")?;
+        for (room, seq, owner) in &plan.rooms {
+            last.execute(params![room.as_str(), seq, owner.as_ref().map(UserId::as_str)])?;
         }
         let mut join = tx.prepare_cached(
-            "INSERT INTO room_members (room, user_id, joined_seq) VALUES (?1, ?2, ?3)
-             ON CONFLICT (room, user_id) DO UPDATE SET joined_seq = excluded.joined_seq",
+            "INSERT INTO room_members (room, user_id, joined_seq, role) VALUES (?1, ?2, ?3, ?4)
+             ON CONFLICT (room, user_id) DO UPDATE
+             SET joined_seq = excluded.joined_seq, role = excluded.role",
         )?;
         let mut leave =
             tx.prepare_cached("DELETE FROM room_members WHERE room = ?1 AND user_id = ?2")?;
-        for (room, user, joined) in &plan.membership {
-            match joined {
-                Some(seq) => join.execute(params![room.as_str(), user.as_str(), seq])?,
+        for ((room, user), m) in &plan.membership {
+            match m {
+                Some(m) => join.execute(params![
+                    room.as_str(),
+                    user.as_str(),
+                    m.joined_seq,
+                    m.role.as_str()
+                ])?,
                 None => leave.execute(params![room.as_str(), user.as_str()])?,
+            };
+        }
+        let mut invite = tx.prepare_cached(
+            "INSERT OR REPLACE INTO room_invites (room, user_id, by_user, seq) VALUES (?1, ?2, ?3, ?4)",
+        )?;
+        let mut uninvite =
+            tx.prepare_cached("DELETE FROM room_invites WHERE room = ?1 AND user_id = ?2")?;
+        for ((room, user), i) in &plan.invites {
+            match i {
+                Some(i) => invite.execute(params![room.as_str(), user.as_str(), i.by.as_str(), i.seq])?,
+                None => uninvite.execute(params![room.as_str(), user.as_str()])?,
+            };
+        }
+        let mut ban = tx.prepare_cached(
+            "INSERT OR REPLACE INTO room_bans (room, user_id, by_user, reason, seq)
+             VALUES (?1, ?2, ?3, ?4, ?5)",
+        )?;
+        let mut unban =
+            tx.prepare_cached("DELETE FROM room_bans WHERE room = ?1 AND user_id = ?2")?;
+        for ((room, user), b) in &plan.bans {
+            match b {
+                Some(b) => ban.execute(params![
+                    room.as_str(),
+                    user.as_str(),
+                    b.by.as_str(),
+                    b.reason,
+                    b.seq
+                ])?,
+                None => unban.execute(params![room.as_str(), user.as_str()])?,
             };
         }
     }
@@ -262,17 +409,30 @@ impl EventStore for SqliteStore {
     async fn snapshot(&self) -> Result<Snapshot, StoreError> {
         Self::with(&self.reader, |conn| {
             let mut snap = Snapshot::default();
-            let mut rooms = conn.prepare("SELECT name, last_seq FROM rooms ORDER BY name")?;
-            let rows = rooms.query_map([], |r| Ok((RoomName::trusted(r.get(0)?), r.get(1)?)))?;
+            let mut rooms = conn.prepare(
+                "SELECT name, last_seq, private, owner, dm_a, dm_b FROM rooms ORDER BY name",
+            )?;
+            let rows = rooms.query_map([], |r| Ok((RoomName::trusted(r.get(0)?), room_row(r, 1)?)))?;
             for row in rows {
                 snap.rooms.push(row?);
             }
-            let mut members = conn.prepare("SELECT room, user_id FROM room_members")?;
+            let mut members = conn.prepare("SELECT room, user_id, role FROM room_members")?;
             let rows = members.query_map([], |r| {
-                Ok((RoomName::trusted(r.get(0)?), UserId::trusted(r.get(1)?)))
+                Ok((
+                    RoomName::trusted(r.get(0)?),
+                    UserId::trusted(r.get(1)?),
+                    role_of(r.get(2)?)?,
+                ))
             })?;
             for row in rows {
                 snap.members.push(row?);
+            }
+            let mut invites = conn.prepare("SELECT room, user_id FROM room_invites")?;
+            let rows = invites.query_map([], |r| {
+                Ok((RoomName::trusted(r.get(0)?), UserId::trusted(r.get(1)?)))
+            })?;
+            for row in rows {
+                snap.invites.push(row?);
             }
             Ok(snap)
         })
@@ -298,29 +458,83 @@ impl EventStore for SqliteStore {
         .await
     }
 
-    async fn check_reader(
+    async fn access(
         &self,
         room: &RoomName,
-        user: Option<&UserId>,
-    ) -> Result<Option<Refusal>, StoreError> {
+        reader: Option<&UserId>,
+    ) -> Result<Access, StoreError> {
         let room = room.clone();
-        let user = user.cloned();
+        let reader = reader.cloned();
         Self::with(&self.reader, move |conn| {
-            let exists = conn
-                .prepare_cached("SELECT 1 FROM rooms WHERE name = ?1")?
-                .exists([room.as_str()])?;
-            if !exists {
-                return Ok(Some(Refusal::NoSuchRoom));
+            let row = conn
+                .prepare_cached("SELECT last_seq, private, owner, dm_a, dm_b FROM rooms WHERE name = ?1")?
+                .query_row([room.as_str()], |r| room_row(r, 0))
+                .optional()?;
+            let mut access = Access {
+                room: row,
+                ..Access::default()
+            };
+            if let (Some(_), Some(user)) = (&access.room, &reader) {
+                let args = [room.as_str(), user.as_str()];
+                access.role = conn
+                    .prepare_cached("SELECT role FROM room_members WHERE room = ?1 AND user_id = ?2")?
+                    .query_row(args, |r| role_of(r.get(0)?))
+                    .optional()?;
+                access.invited = conn
+                    .prepare_cached("SELECT 1 FROM room_invites WHERE room = ?1 AND user_id = ?2")?
+                    .exists(args)?;
             }
-            if let Some(user) = user {
-                let member = conn
-                    .prepare_cached("SELECT 1 FROM room_members WHERE room = ?1 AND user_id = ?2")?
-                    .exists([room.as_str(), user.as_str()])?;
-                if !member {
-                    return Ok(Some(Refusal::NotAMember));
-                }
+            Ok(access)
+        })
+        .await
+    }
+
+    async fn members(&self, room: &RoomName) -> Result<Vec<(UserId, Role)>, StoreError> {
+        let room = room.clone();
+        Self::with(&self.reader, move |conn| {
+            let mut st = conn.prepare_cached(
+                "SELECT user_id, role FROM room_members WHERE room = ?1 ORDER BY joined_seq",
+            )?;
+            let rows = st.query_map([room.as_str()], |r| {
+                Ok((UserId::trusted(r.get(0)?), role_of(r.get(1)?)?))
+            })?;
+            Ok(rows.collect::<rusqlite::Result<Vec<_>>>()?)
+        })
+        .await
+    }
+
+    async fn bans(&self, room: &RoomName) -> Result<Vec<BanInfo>, StoreError> {
+        let room = room.clone();
+        Self::with(&self.reader, move |conn| {
+            let mut st = conn.prepare_cached(
+                "SELECT user_id, by_user, reason, seq FROM room_bans WHERE room = ?1 ORDER BY seq",
+            )?;
+            let rows = st.query_map([room.as_str()], |r| {
+                Ok(BanInfo {
+                    user_id: UserId::trusted(r.get(0)?),
+                    by: UserId::trusted(r.get(1)?),
+                    reason: r.get(2)?,
+                    seq: r.get(3)?,
+                })
+            })?;
+            Ok(rows.collect::<rusqlite::Result<Vec<_>>>()?)
+        })
+        .await
+    }
+
+    async fn set_block(&self, user: &UserId, blocked: &UserId, on: bool) -> Result<(), StoreError> {
+        let (user, blocked) = (user.clone(), blocked.clone());
+        Self::with(&self.writer, move |conn| {
+            if on {
+                conn.prepare_cached(
+                    "INSERT OR IGNORE INTO user_blocks (user_id, blocked, at) VALUES (?1, ?2, ?3)",
+                )?
+                .execute(params![user.as_str(), blocked.as_str(), fmt_at(&now_micros())])?;
+            } else {
+                conn.prepare_cached("DELETE FROM user_blocks WHERE user_id = ?1 AND blocked = ?2")?
+                    .execute(params![user.as_str(), blocked.as_str()])?;
             }
-            Ok(None)
+            Ok(())
         })
         .await
     }

@@ -32,7 +32,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 use sha2::Sha256;
 
-use crate::{EventKind, ProtoError, RoomName, Seq, UserId};
+use crate::{EventKind, Facts, ProtoError, Role, RoomName, Seq, UserId};
 
 /// The envelope format's version, `v` on the wire.
 pub const ENVELOPE_VERSION: u32 = 1;
@@ -60,10 +60,12 @@ pub struct Header {
     pub to: Option<UserId>,
 }
 
-/// A decoded envelope: the validated header and the event's JSON text.
+/// A decoded envelope: the validated header, what the event says about the
+/// room's state, and the event's JSON text.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Envelope {
     pub header: Header,
+    pub facts: Facts,
     pub event: String,
 }
 
@@ -163,6 +165,18 @@ struct EventHead<'a> {
     seq: Seq,
     #[serde(borrow)]
     user_id: Cow<'a, str>,
+    #[serde(borrow, default)]
+    target: Option<Cow<'a, str>>,
+    #[serde(default)]
+    role: Option<Role>,
+    #[serde(default)]
+    private: bool,
+    #[serde(default)]
+    dm: bool,
+    #[serde(borrow, default)]
+    by: Option<Cow<'a, str>>,
+    #[serde(borrow, default)]
+    reason: Option<Cow<'a, str>>,
 }
 
 impl Header {
@@ -287,8 +301,26 @@ impl Envelope {
         if head.user_id != header.user.as_str() {
             return Err(EnvelopeError::Mismatch("user_id"));
         }
+        let user = |name: Option<Cow<'_, str>>, field| {
+            name.map(|n| UserId::parse(&n))
+                .transpose()
+                .map_err(invalid(field))
+        };
+        let facts = Facts {
+            target: user(head.target, "target")?,
+            role: head.role,
+            private: head.private,
+            dm: head.dm,
+            by: user(head.by, "by")?,
+            reason: head.reason.map(Cow::into_owned),
+        };
+        let to = facts.notice(header.kind, &header.user).map(|(_, to, _)| to);
+        if to != header.to.as_ref() {
+            return Err(EnvelopeError::Mismatch("to"));
+        }
         Ok(Envelope {
             header,
+            facts,
             event: event.to_owned(),
         })
     }

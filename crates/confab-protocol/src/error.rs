@@ -30,6 +30,18 @@ pub enum ErrorCode {
     TokenInvalid,
     /// `ALLOWED_ORIGINS`: the handshake's `Origin` is not listed.
     OriginNotAllowed,
+    /// The caller's role may not do this here (or a DM, or a block).
+    Forbidden,
+    /// Banned from this public room (or, for `invite`, the invitee is).
+    Banned,
+    /// The user acted on is not a member.
+    NoSuchMember,
+    /// `invite` of a member.
+    AlreadyMember,
+    /// `uninvite` of a user with no invitation.
+    NotInvited,
+    /// `unban` of a user who is not banned.
+    NotBanned,
 }
 
 impl ErrorCode {
@@ -53,16 +65,29 @@ impl ErrorCode {
             ErrorCode::TokenExpired => "token_expired",
             ErrorCode::TokenInvalid => "token_invalid",
             ErrorCode::OriginNotAllowed => "origin_not_allowed",
+            ErrorCode::Forbidden => "forbidden",
+            ErrorCode::Banned => "banned",
+            ErrorCode::NoSuchMember => "no_such_member",
+            ErrorCode::AlreadyMember => "already_member",
+            ErrorCode::NotInvited => "not_invited",
+            ErrorCode::NotBanned => "not_banned",
         }
     }
 
     /// The HTTP status the REST API answers this error with.
     pub fn http_status(self) -> u16 {
         match self {
-            ErrorCode::NoSuchRoom => 404,
-            ErrorCode::NotAMember | ErrorCode::UserMismatch | ErrorCode::OriginNotAllowed => 403,
+            ErrorCode::NoSuchRoom
+            | ErrorCode::NoSuchMember
+            | ErrorCode::NotInvited
+            | ErrorCode::NotBanned => 404,
+            ErrorCode::NotAMember
+            | ErrorCode::UserMismatch
+            | ErrorCode::OriginNotAllowed
+            | ErrorCode::Forbidden
+            | ErrorCode::Banned => 403,
             ErrorCode::TokenMissing | ErrorCode::TokenExpired | ErrorCode::TokenInvalid => 401,
-            ErrorCode::RoomExists => 409,
+            ErrorCode::RoomExists | ErrorCode::AlreadyMember => 409,
             ErrorCode::RateLimited | ErrorCode::TooManyRooms => 429,
             ErrorCode::Unavailable => 503,
             ErrorCode::Internal => 500,

@@ -15,14 +15,16 @@ mod names;
 mod reply;
 
 pub use command::{
-    parse_command, Command, CommandLimits, Create, Fields, History, HistoryRange, Join, Leave,
-    Members, Parsed, SendMessage,
+    parse_command, Act, Ban, Block, Command, CommandLimits, Create, Dm, Fields, History,
+    HistoryRange, Join, Leave, Members, Moderate, Parsed, SendMessage, SetRole, MAX_REASON_CHARS,
 };
 pub use envelope::{sign, BusKey, Envelope, EnvelopeError, Header};
 pub use error::{ErrorCode, ProtoError};
-pub use event::{now_micros, Event, EventKind};
-pub use names::{Ref, RoomName, Seq, UserId};
-pub use reply::{error_json, Ack, HelloLimits, MemberInfo, Reply, RoomInfo};
+pub use event::{now_micros, Event, EventKind, Facts, Role};
+pub use names::{Ref, RoomName, Seq, UserId, DM_PREFIX};
+pub use reply::{
+    error_json, Ack, BanInfo, HelloLimits, MemberInfo, NoticeKind, Reply, RoomInfo, Standing,
+};
 
 /// The protocol version announced in `hello`.
 pub const PROTOCOL_VERSION: u32 = 1;

@@ -74,6 +74,39 @@ impl RoomName {
 
 validated_name!(RoomName);
 
+/// What every DM's name starts with; `create` refuses it.
+pub const DM_PREFIX: &str = "dm:";
+
+impl RoomName {
+    /// The name of the DM of two users: `dm:` and the first 32 lowercase hex
+    /// digits of SHA-256(a, U+000A, b), the ids in byte order (a user id has
+    /// no control character, so the separator is unambiguous).
+    pub fn dm(one: &UserId, other: &UserId) -> RoomName {
+        use sha2::{Digest, Sha256};
+        let (a, b) = if one.as_str() <= other.as_str() {
+            (one, other)
+        } else {
+            (other, one)
+        };
+        let mut h = Sha256::new();
+        h.update(a.as_str().as_bytes());
+        h.update(b"\n");
+        h.update(b.as_str().as_bytes());
+        let digest = h.finalize();
+        let mut name = String::with_capacity(DM_PREFIX.len() + 32);
+        name.push_str(DM_PREFIX);
+        for byte in &digest[..16] {
+            name.push_str(&format!("{byte:02x}"));
+        }
+        RoomName(name)
+    }
+
+    /// Whether the name is a DM's (starts with `dm:`).
+    pub fn is_dm(&self) -> bool {
+        self.0.starts_with(DM_PREFIX)
+    }
+}
+
 /// A user id: 1–64 characters without control characters. A JSON integer is
 /// read as its decimal string.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
@@ -170,6 +203,23 @@ mod tests {
         assert!(UserId::parse("a\nb").is_err());
         assert!(UserId::from_json(&serde_json::json!(1.5)).is_err());
         assert!(UserId::from_json(&serde_json::json!(true)).is_err());
+    }
+
+    #[test]
+    fn a_dm_name_is_the_same_from_both_sides_and_a_valid_room_name() {
+        let a = UserId::parse("alice").unwrap();
+        let b = UserId::parse(&"ü".repeat(64)).unwrap();
+        let name = RoomName::dm(&a, &b);
+        assert_eq!(name, RoomName::dm(&b, &a));
+        assert!(name.is_dm());
+        assert_eq!(name.as_str().len(), 35);
+        assert_eq!(RoomName::parse(name.as_str()).unwrap(), name);
+        assert_ne!(name, RoomName::dm(&a, &UserId::parse("bob").unwrap()));
+        // sha256("alice\nbob"), first 16 bytes
+        assert_eq!(
+            RoomName::dm(&a, &UserId::parse("bob").unwrap()).as_str(),
+            "dm:1cb15457d1ddab60e205c0fe3ca2f65d"
+        );
     }
 
     #[test]

@@ -2,7 +2,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::{ErrorCode, Event, ProtoError, Ref, RoomName, Seq, UserId};
+use crate::{ErrorCode, Event, ProtoError, Ref, Role, RoomName, Seq, UserId};
 
 /// Limits announced in `hello`.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -21,6 +21,36 @@ pub struct RoomInfo {
     pub name: RoomName,
     pub members: usize,
     pub last_seq: Seq,
+    #[serde(default)]
+    pub private: bool,
+    #[serde(default)]
+    pub dm: bool,
+    /// A DM: the other user.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub with: Option<UserId>,
+    /// The asking user's place in the room; absent when not in it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub role: Option<Standing>,
+}
+
+/// A user's place in a room, as `rooms` shows it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Standing {
+    Owner,
+    Admin,
+    Member,
+    Invited,
+}
+
+impl From<Role> for Standing {
+    fn from(r: Role) -> Standing {
+        match r {
+            Role::Owner => Standing::Owner,
+            Role::Admin => Standing::Admin,
+            Role::Member => Standing::Member,
+        }
+    }
 }
 
 /// `members` reply entry.
@@ -28,6 +58,27 @@ pub struct RoomInfo {
 pub struct MemberInfo {
     pub user_id: UserId,
     pub online: bool,
+    pub role: Role,
+}
+
+/// `bans` reply entry.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct BanInfo {
+    pub user_id: UserId,
+    pub by: UserId,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+    pub seq: Seq,
+}
+
+/// The kinds of `notice`: a frame addressed to a user.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum NoticeKind {
+    Invite,
+    Dm,
+    Kick,
+    Ban,
 }
 
 /// Every frame the server sends that is not an event.
@@ -72,6 +123,20 @@ pub enum Reply<'a> {
         #[serde(rename = "ref", skip_serializing_if = "Option::is_none")]
         reference: Option<&'a Ref>,
     },
+    Bans {
+        #[serde(rename = "ref", skip_serializing_if = "Option::is_none")]
+        reference: Option<&'a Ref>,
+        room: &'a RoomName,
+        bans: &'a [BanInfo],
+    },
+    Notice {
+        kind: NoticeKind,
+        room: &'a RoomName,
+        seq: Seq,
+        by: &'a UserId,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        reason: Option<&'a str>,
+    },
 }
 
 /// An `ack`: the command succeeded (and, where it appended, is durable).
@@ -90,6 +155,12 @@ pub struct Ack<'a> {
     pub duplicate: Option<bool>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub recovered: Option<bool>,
+    /// `invite` of an invitee, `set_role` to the same role: nothing changed.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub unchanged: Option<bool>,
+    /// `dm`: the other user.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub with: Option<&'a UserId>,
 }
 
 impl Reply<'_> {

@@ -5,9 +5,12 @@
 use serde_json::{Map, Value};
 
 use crate::{
-    ErrorCode, ProtoError, Ref, RoomName, Seq, UserId, DEFAULT_HISTORY_LIMIT, MAX_HISTORY_LIMIT,
-    MAX_ID_CHARS,
+    ErrorCode, ProtoError, Ref, Role, RoomName, Seq, UserId, DEFAULT_HISTORY_LIMIT,
+    MAX_HISTORY_LIMIT, MAX_ID_CHARS,
 };
+
+/// Longest `reason` of a `ban`, in characters.
+pub const MAX_REASON_CHARS: usize = 256;
 
 /// Limits that shape what a command may carry (from the node's configuration).
 #[derive(Debug, Clone, Copy)]
@@ -26,12 +29,68 @@ pub enum Command {
     Rooms,
     Members(Members),
     Ping,
+    /// `invite`, `uninvite`, `kick`, `unban`: an act on a user in a room.
+    Moderate(Moderate),
+    Ban(Ban),
+    /// `bans`: the room's bans (owner and admins).
+    Bans(Members),
+    SetRole(SetRole),
+    Dm(Dm),
+    /// `block` (true) or `unblock` (false).
+    Block(Block),
 }
 
 /// `create`: make a room and join it.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Create {
     pub room: RoomName,
+    pub private: bool,
+}
+
+/// The acts of [`Moderate`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Act {
+    Invite,
+    Uninvite,
+    Kick,
+    Unban,
+}
+
+/// `invite`, `uninvite`, `kick` or `unban` {room, user}.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Moderate {
+    pub act: Act,
+    pub room: RoomName,
+    pub user: UserId,
+}
+
+/// `ban` {room, user, reason?}.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Ban {
+    pub room: RoomName,
+    pub user: UserId,
+    pub reason: Option<String>,
+}
+
+/// `set_role` {room, user, role}.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SetRole {
+    pub room: RoomName,
+    pub user: UserId,
+    pub role: Role,
+}
+
+/// `dm` {user}.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Dm {
+    pub user: UserId,
+}
+
+/// `block` / `unblock` {user}.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Block {
+    pub user: UserId,
+    pub block: bool,
 }
 
 /// `join`, optionally resuming after `since`.
@@ -104,9 +163,76 @@ impl HistoryRange {
 const LIMIT_RULE: &str = "limit must be an integer from 1 to 1000";
 
 impl Create {
+    /// `room` (not starting with `dm:`, the names of DMs) and an optional `private`.
     pub fn parse(fields: &Fields<'_>) -> Result<Create, ProtoError> {
+        let room = fields.room()?;
+        if room.is_dm() {
+            return Err(ProtoError::new(
+                ErrorCode::InvalidRoom,
+                "room names starting with dm: are kept for direct messages; use dm",
+            ));
+        }
         Ok(Create {
+            room,
+            private: fields.bool("private")?.unwrap_or(false),
+        })
+    }
+}
+
+impl Moderate {
+    pub fn parse(act: Act, fields: &Fields<'_>) -> Result<Moderate, ProtoError> {
+        Ok(Moderate {
+            act,
             room: fields.room()?,
+            user: fields.target()?,
+        })
+    }
+}
+
+impl Ban {
+    pub fn parse(fields: &Fields<'_>) -> Result<Ban, ProtoError> {
+        let reason = match fields.optional_str("reason")? {
+            Some(r) if r.chars().count() > MAX_REASON_CHARS => {
+                return Err(ProtoError::invalid_field(format!(
+                    "reason must be at most {MAX_REASON_CHARS} characters"
+                )))
+            }
+            Some("") | None => None,
+            Some(r) => Some(r.to_owned()),
+        };
+        Ok(Ban {
+            room: fields.room()?,
+            user: fields.target()?,
+            reason,
+        })
+    }
+}
+
+impl SetRole {
+    pub fn parse(fields: &Fields<'_>) -> Result<SetRole, ProtoError> {
+        let room = fields.room()?;
+        let user = fields.target()?;
+        let role = fields
+            .optional_str("role")?
+            .and_then(Role::parse)
+            .ok_or_else(|| ProtoError::invalid_field("role must be owner, admin or member"))?;
+        Ok(SetRole { room, user, role })
+    }
+}
+
+impl Dm {
+    pub fn parse(fields: &Fields<'_>) -> Result<Dm, ProtoError> {
+        Ok(Dm {
+            user: fields.target()?,
+        })
+    }
+}
+
+impl Block {
+    pub fn parse(block: bool, fields: &Fields<'_>) -> Result<Block, ProtoError> {
+        Ok(Block {
+            user: fields.target()?,
+            block,
         })
     }
 }
@@ -192,19 +318,40 @@ impl Command {
             Command::Rooms => "rooms",
             Command::Members(_) => "members",
             Command::Ping => "ping",
+            Command::Moderate(m) => match m.act {
+                Act::Invite => "invite",
+                Act::Uninvite => "uninvite",
+                Act::Kick => "kick",
+                Act::Unban => "unban",
+            },
+            Command::Ban(_) => "ban",
+            Command::Bans(_) => "bans",
+            Command::SetRole(_) => "set_role",
+            Command::Dm(_) => "dm",
+            Command::Block(b) if b.block => "block",
+            Command::Block(_) => "unblock",
+        }
+    }
+
+    /// The room the command names, if any.
+    pub fn room(&self) -> Option<&RoomName> {
+        match self {
+            Command::Create(c) => Some(&c.room),
+            Command::Join(j) => Some(&j.room),
+            Command::Leave(l) => Some(&l.room),
+            Command::Message(m) => Some(&m.room),
+            Command::History(h) => Some(&h.room),
+            Command::Members(m) | Command::Bans(m) => Some(&m.room),
+            Command::Moderate(m) => Some(&m.room),
+            Command::Ban(b) => Some(&b.room),
+            Command::SetRole(s) => Some(&s.room),
+            Command::Rooms | Command::Ping | Command::Dm(_) | Command::Block(_) => None,
         }
     }
 
     /// Whether the command speaks for a user (and so needs an identity).
     pub fn needs_user(&self) -> bool {
-        matches!(
-            self,
-            Command::Create(_)
-                | Command::Join(_)
-                | Command::Leave(_)
-                | Command::Message(_)
-                | Command::History(_)
-        )
+        !matches!(self, Command::Rooms | Command::Members(_) | Command::Ping)
     }
 
     /// The command named by `type`, from the rest of the object's fields.
@@ -214,7 +361,7 @@ impl Command {
             _ => {
                 return Err(ProtoError::new(
                     ErrorCode::UnknownType,
-                    "every command needs a type: create, join, leave, message, history, rooms, members or ping",
+                    "every command needs a type: create, join, leave, message, history, rooms, members, ping, invite, uninvite, kick, ban, unban, bans, set_role, dm, block or unblock",
                 ))
             }
         };
@@ -227,6 +374,16 @@ impl Command {
             "rooms" => Command::Rooms,
             "members" => Command::Members(Members::parse(fields)?),
             "ping" => Command::Ping,
+            "invite" => Command::Moderate(Moderate::parse(Act::Invite, fields)?),
+            "uninvite" => Command::Moderate(Moderate::parse(Act::Uninvite, fields)?),
+            "kick" => Command::Moderate(Moderate::parse(Act::Kick, fields)?),
+            "unban" => Command::Moderate(Moderate::parse(Act::Unban, fields)?),
+            "ban" => Command::Ban(Ban::parse(fields)?),
+            "bans" => Command::Bans(Members::parse(fields)?),
+            "set_role" => Command::SetRole(SetRole::parse(fields)?),
+            "dm" => Command::Dm(Dm::parse(fields)?),
+            "block" => Command::Block(Block::parse(true, fields)?),
+            "unblock" => Command::Block(Block::parse(false, fields)?),
             other => {
                 return Err(ProtoError::new(
                     ErrorCode::UnknownType,
@@ -385,6 +542,25 @@ impl<'a> Fields<'a> {
             Some(Value::String(s)) => RoomName::parse(s),
             Some(_) => Err(ProtoError::invalid_field("room must be a string")),
             None => Err(ProtoError::invalid_field("room is required")),
+        }
+    }
+
+    /// `user`: the user a command acts on (`user_id` stays the caller).
+    pub fn target(&self) -> Result<UserId, ProtoError> {
+        match self.0.get("user") {
+            None | Some(Value::Null) => Err(ProtoError::invalid_field("user is required")),
+            Some(v) => UserId::from_json(v).map_err(|_| {
+                ProtoError::invalid_field("user must be 1-64 characters without control characters")
+            }),
+        }
+    }
+
+    /// An optional boolean.
+    pub fn bool(&self, name: &str) -> Result<Option<bool>, ProtoError> {
+        match self.0.get(name) {
+            None | Some(Value::Null) => Ok(None),
+            Some(Value::Bool(b)) => Ok(Some(*b)),
+            Some(_) => Err(ProtoError::invalid_field(format!("{name} must be true or false"))),
         }
     }
 
