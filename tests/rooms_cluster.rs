@@ -387,18 +387,35 @@ async fn a_dm_asked_for_from_both_sides_at_once_on_two_nodes_is_one_room() {
         }
 
         // Both connections are subscribed: a message crosses the nodes.
-        let m = a
-            .ok(json!({"type":"message","room":room,"message":"hi"}))
+        let frames = a
+            .cmd(json!({"type":"message","room":room,"message":"hi"}))
             .await;
-        assert_eq!(seq(&m), 3, "{m}");
+        let m = frames.last().unwrap();
+        assert_eq!(m["type"], "ack", "{frames:?}");
+        assert_eq!(seq(m), 3, "{m}");
+        let own: Vec<&Value> = frames.iter().filter(|f| is_event_of(f, &room)).collect();
+        assert_eq!(
+            own.len(),
+            1,
+            "pair {i}: after the ack at seq 2, only its message: {frames:?}"
+        );
+        assert_eq!(seq(own[0]), 3, "{frames:?}");
+        // Its stream continues from the ack's seq: no event of the room
+        // again, just the new one.
         let got = read_to_seq(&mut b, &room, 3).await;
-        assert_eq!(got.last().unwrap()["message"], "hi", "{got:?}");
+        assert_eq!(got.len(), 1, "pair {i}: after the ack at seq 2: {got:?}");
+        assert_eq!(got[0]["message"], "hi", "{got:?}");
         let m = b
             .ok(json!({"type":"message","room":room,"message":"hello"}))
             .await;
         assert_eq!(seq(&m), 4, "{m}");
         let got = read_to_seq(&mut a, &room, 4).await;
-        assert_eq!(got.last().unwrap()["message"], "hello", "{got:?}");
+        assert_eq!(
+            got.len(),
+            1,
+            "pair {i}: after its own message at seq 3: {got:?}"
+        );
+        assert_eq!(got[0]["message"], "hello", "{got:?}");
     }
 }
 

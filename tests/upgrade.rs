@@ -453,6 +453,17 @@ async fn an_old_database_upgrades_and_keeps_everything(b: Backend) {
         history(&mut fay, "beta").await,
         expected_events(&f, &ids, "beta")
     );
+    // The REST API serves the same old events.
+    let (status, body) = node
+        .http("GET", "/rooms/alpha/events?since=0&limit=1000", None)
+        .await;
+    assert_eq!(status, 200, "{body}");
+    let rest: Value = serde_json::from_str(&body).expect("a history page");
+    assert_eq!(
+        rest["events"],
+        json!(expected_events(&f, &ids, "alpha")),
+        "{body}"
+    );
     let page = ann
         .reply(json!({"type":"history","room":"alpha","before":5,"limit":2}))
         .await;
