@@ -11,7 +11,12 @@ use crate::store::{EventStore, Need, Page, StoreError};
 
 /// A store failure, logged and answered `unavailable`: its text never
 /// reaches a client.
-fn unavailable(metrics: &Metrics, what: &str, room: Option<&RoomName>, e: StoreError) -> ProtoError {
+fn unavailable(
+    metrics: &Metrics,
+    what: &str,
+    room: Option<&RoomName>,
+    e: StoreError,
+) -> ProtoError {
     match room {
         Some(room) => log::error!("{what} of {room} failed: {e}"),
         None => log::error!("{what} failed: {e}"),

@@ -3,7 +3,7 @@
 
 mod common;
 
-use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::time::Duration;
 
 use common::{Backend, Client, TestNode};
@@ -110,7 +110,7 @@ async fn concurrent_posters_give_every_member_one_gap_free_order(b: Backend) {
     assert_eq!(seqs, (1..=base + total as i64).collect::<Vec<_>>());
     let snap = store.snapshot().await.unwrap();
     assert_eq!(snap.rooms.len(), 1);
-    assert_eq!(snap.rooms[0].1, base + total as i64);
+    assert_eq!(snap.rooms[0].1.last_seq, base + total as i64);
 }
 
 async fn join_with_since_while_busy_hands_over_without_gap_or_duplicate(b: Backend) {
@@ -266,9 +266,12 @@ async fn folding_the_log_gives_the_stored_rooms_and_members(b: Backend) {
     let node = TestNode::start(b).await;
     let mut a = node.client().await;
     let mut u = node.client().await;
+    let mut v = node.client().await;
     a.ok(json!({"user_id":"a","type":"create","room":"one"}))
         .await;
     a.ok(json!({"type":"create","room":"two"})).await;
+    a.ok(json!({"type":"create","room":"three","private":true}))
+        .await;
     u.ok(json!({"user_id":"u","type":"join","room":"one"}))
         .await;
     u.ok(json!({"type":"join","room":"two"})).await;
@@ -276,43 +279,112 @@ async fn folding_the_log_gives_the_stored_rooms_and_members(b: Backend) {
         .await;
     u.ok(json!({"type":"leave","room":"one"})).await;
     u.ok(json!({"type":"join","room":"one"})).await;
+    v.ok(json!({"user_id":"v","type":"join","room":"two"}))
+        .await;
+    a.ok(json!({"type":"set_role","room":"two","user":"v","role":"admin"}))
+        .await;
+    // The owner leaves: the admin inherits room two, though u joined first.
     a.ok(json!({"type":"leave","room":"two"})).await;
     u.ok(json!({"type":"message","room":"two","message":"y"}))
+        .await;
+    a.ok(json!({"type":"invite","room":"three","user":"u"}))
+        .await;
+    a.ok(json!({"type":"invite","room":"three","user":"v"}))
+        .await;
+    u.ok(json!({"type":"join","room":"three"})).await;
+    a.ok(json!({"type":"kick","room":"three","user":"u"}))
+        .await;
+    v.ok(json!({"user_id":"v","type":"join","room":"one"}))
+        .await;
+    a.ok(json!({"type":"ban","room":"one","user":"v","reason":"r"}))
+        .await;
+    a.ok(json!({"type":"set_role","room":"one","user":"u","role":"owner"}))
         .await;
 
     let store = node.store.open().await;
     let mut rooms: BTreeMap<String, i64> = BTreeMap::new();
-    let mut members: HashSet<(String, String)> = HashSet::new();
+    // room -> user -> role, as the rules of docs/protocol.md fold the log.
+    let mut members: BTreeMap<String, BTreeMap<String, String>> = BTreeMap::new();
+    let mut invited: BTreeSet<(String, String)> = BTreeSet::new();
     for e in store.all_events().await.unwrap() {
-        let key = (e.room.to_string(), e.user_id.to_string());
-        let last = rooms.entry(e.room.to_string()).or_insert(0);
+        let room = e.room.to_string();
+        let user = e.user_id.to_string();
+        let target = e.target.as_ref().map(|t| t.to_string()).unwrap_or_default();
+        let last = rooms.entry(room.clone()).or_insert(0);
         assert_eq!(e.seq, *last + 1, "the log is gap-free per room");
         *last = e.seq;
-        match e.kind {
-            confab::protocol::EventKind::Create | confab::protocol::EventKind::Join => {
-                members.insert(key);
+        let m = members.entry(room.clone()).or_default();
+        match e.kind.as_str() {
+            "create" => {
+                m.insert(user, "owner".into());
             }
-            confab::protocol::EventKind::Leave => {
-                members.remove(&key);
+            "join" => {
+                let role = if m.is_empty() { "owner" } else { "member" };
+                m.insert(user.clone(), role.into());
+                invited.remove(&(room, user));
             }
-            confab::protocol::EventKind::Message => {}
+            "leave" => {
+                m.remove(&user);
+            }
+            "invite" => {
+                invited.insert((room, target));
+            }
+            "uninvite" => {
+                invited.remove(&(room, target));
+            }
+            "kick" | "ban" => {
+                m.remove(&target);
+                invited.remove(&(room, target));
+            }
+            "role" => {
+                let role = e.role.expect("a role event names the role").as_str();
+                if role == "owner" {
+                    for r in m.values_mut().filter(|r| *r == "owner") {
+                        *r = "admin".into();
+                    }
+                }
+                m.insert(target, role.into());
+            }
+            _ => {}
         }
     }
+    members.retain(|_, m| !m.is_empty());
     let snap = store.snapshot().await.unwrap();
     let stored_rooms: BTreeMap<String, i64> = snap
         .rooms
         .iter()
-        .map(|(r, s)| (r.to_string(), *s))
+        .map(|(r, row)| (r.to_string(), row.last_seq))
         .collect();
-    let stored_members: HashSet<(String, String)> = snap
-        .members
+    let mut stored_members: BTreeMap<String, BTreeMap<String, String>> = BTreeMap::new();
+    for (r, u, role) in &snap.members {
+        stored_members
+            .entry(r.to_string())
+            .or_default()
+            .insert(u.to_string(), role.as_str().to_string());
+    }
+    let stored_invited: BTreeSet<(String, String)> = snap
+        .invites
         .iter()
         .map(|(r, u)| (r.to_string(), u.to_string()))
         .collect();
     assert_eq!(rooms, stored_rooms);
     assert_eq!(members, stored_members);
-    assert!(members.contains(&("one".into(), "u".into())));
-    assert!(!members.contains(&("two".into(), "a".into())));
+    assert_eq!(invited, stored_invited);
+    // Each room's owner column agrees with its members' roles.
+    for (name, row) in &snap.rooms {
+        let owner = members
+            .get(name.as_str())
+            .and_then(|m| m.iter().find(|(_, r)| *r == "owner").map(|(u, _)| u.clone()));
+        assert_eq!(row.owner.as_ref().map(|o| o.to_string()), owner, "owner of {name}");
+    }
+    assert_eq!(members["two"]["v"], "owner");
+    assert_eq!(members["one"]["u"], "owner");
+    assert_eq!(members["one"]["a"], "admin");
+    assert!(!members["one"].contains_key("v"));
+    assert_eq!(
+        invited,
+        BTreeSet::from([("three".to_string(), "v".to_string())])
+    );
 }
 
 async fn sigterm_closes_sockets_with_1001(b: Backend) {

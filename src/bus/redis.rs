@@ -169,7 +169,10 @@ async fn publisher(
                 seq: ev.seq,
                 kind: ev.kind,
                 user: ev.user.clone(),
-                to: ev.facts.notice(ev.kind, &ev.user).map(|(_, to, _)| to.clone()),
+                to: ev
+                    .facts
+                    .notice(ev.kind, &ev.user)
+                    .map(|(_, to, _)| to.clone()),
             };
             pipe.cmd("PUBLISH")
                 .arg(&channel)

@@ -148,7 +148,10 @@ async fn room_action(
 ) -> HttpResponse {
     let (room, action) = path.into_inner();
     let Some((_, kind)) = ROOM_ACTIONS.iter().find(|(a, _)| *a == action) else {
-        let err = ProtoError::new(ErrorCode::UnknownType, format!("no route POST /rooms/{{room}}/{action}"));
+        let err = ProtoError::new(
+            ErrorCode::UnknownType,
+            format!("no route POST /rooms/{{room}}/{action}"),
+        );
         return HttpResponse::NotFound()
             .content_type("application/json")
             .body(crate::protocol::error_json(None, &err, None));
@@ -190,12 +193,22 @@ async fn read_room(
 }
 
 /// `POST /dm/{user}`.
-async fn dm(req: HttpRequest, node: web::Data<NodeContext>, path: web::Path<String>, body: web::Bytes) -> HttpResponse {
+async fn dm(
+    req: HttpRequest,
+    node: web::Data<NodeContext>,
+    path: web::Path<String>,
+    body: web::Bytes,
+) -> HttpResponse {
     user_action(&req, &node, "dm", &path, &body).await
 }
 
 /// `POST /blocks/{user}` (`block`) and `DELETE /blocks/{user}` (`unblock`).
-async fn block(req: HttpRequest, node: web::Data<NodeContext>, path: web::Path<String>, body: web::Bytes) -> HttpResponse {
+async fn block(
+    req: HttpRequest,
+    node: web::Data<NodeContext>,
+    path: web::Path<String>,
+    body: web::Bytes,
+) -> HttpResponse {
     let kind = if req.method() == actix_web::http::Method::DELETE {
         "unblock"
     } else {

@@ -67,13 +67,13 @@ impl ChatServer {
                     reference: origin.reference(),
                     rooms: &rooms,
                 });
-                return self.answer(origin, frame.into());
+                return self.answer(origin, frame);
             }
             Command::Ping => {
                 let frame = reply_frame(&Reply::Pong {
                     reference: origin.reference(),
                 });
-                return self.answer(origin, frame.into());
+                return self.answer(origin, frame);
             }
             Command::History(h) => {
                 let store = self.store.clone();
@@ -111,7 +111,11 @@ impl ChatServer {
             }
             Command::Block(b) => {
                 let Some(user) = user else {
-                    return self.reply_error(origin, None, ProtoError::invalid_field("user_id is required"));
+                    return self.reply_error(
+                        origin,
+                        None,
+                        ProtoError::invalid_field("user_id is required"),
+                    );
                 };
                 if b.user == user {
                     let err = ProtoError::invalid_field("you cannot block yourself");
@@ -124,12 +128,7 @@ impl ChatServer {
                 };
                 return self.answer_later(origin, None, fut, ctx);
             }
-            Command::Create(c) => (
-                c.room,
-                AppendOp::Create {
-                    private: c.private,
-                },
-            ),
+            Command::Create(c) => (c.room, AppendOp::Create { private: c.private }),
             Command::Join(j) => (j.room, AppendOp::Join),
             Command::Leave(l) => (l.room, AppendOp::Leave),
             Command::Message(m) => (
@@ -165,7 +164,11 @@ impl ChatServer {
             ),
             Command::Dm(d) => {
                 let Some(user) = &user else {
-                    return self.reply_error(origin, None, ProtoError::invalid_field("user_id is required"));
+                    return self.reply_error(
+                        origin,
+                        None,
+                        ProtoError::invalid_field("user_id is required"),
+                    );
                 };
                 if &d.user == user {
                     let err = ProtoError::invalid_field("you cannot dm yourself");
@@ -241,7 +244,7 @@ impl ChatServer {
                     ..Ack::default()
                 })),
             };
-            act.answer(origin, frame.into());
+            act.answer(origin, frame);
         }));
     }
 
@@ -275,7 +278,11 @@ impl ChatServer {
         };
         if let Err(job) = writer.try_append(AppendJob { request, origin }) {
             log::warn!("the writer's queue is full: refusing an append");
-            self.reply_error(job.origin, Some(&job.request.room), ProtoError::unavailable());
+            self.reply_error(
+                job.origin,
+                Some(&job.request.room),
+                ProtoError::unavailable(),
+            );
         }
     }
 

@@ -253,7 +253,7 @@ impl ChatServer {
                         ..Ack::default()
                     };
                     let frame = reply_frame(&Reply::Ack(ack));
-                    self.answer(origin, frame.into());
+                    self.answer(origin, frame);
                 }
                 Ok(AppendOutcome::AlreadyMember { last_seq }) => {
                     if self.sequencer.add_room(room, 0) {
@@ -402,8 +402,7 @@ impl ChatServer {
             seq: event.seq,
             by,
             reason: event.facts.reason.as_deref(),
-        })
-        .into();
+        });
         for conn in conns {
             self.send(conn, frame.clone());
         }
@@ -449,9 +448,9 @@ impl ChatServer {
                 // After a join or create, later events must not overtake the
                 // ack (its seq is where the connection's stream starts).
                 if subscribes {
-                    self.send(conn, frame.into())
+                    self.send(conn, frame)
                 } else {
-                    self.reply(conn, frame.into())
+                    self.reply(conn, frame)
                 }
             }
             Origin::Http(tx) => {

@@ -30,8 +30,8 @@ use actix::prelude::*;
 use crate::bus::BusHandle;
 use crate::config::Config;
 use crate::messages::{
-    Committed, ConnId, Connect, Deliver, Disconnect, Identify, ListRooms, LiveEvent,
-    LocalPresence, Online, Origin, PeerEvents, Post, RemotePresence, Request, Resync, Shutdown,
+    Committed, ConnId, Connect, Deliver, Disconnect, Identify, ListRooms, LiveEvent, LocalPresence,
+    Online, Origin, PeerEvents, Post, RemotePresence, Request, Resync, Shutdown,
 };
 use crate::metrics::Metrics;
 use crate::protocol::{ProtoError, UserId};
@@ -248,7 +248,12 @@ impl Handler<Online> for ChatServer {
     type Result = MessageResult<Online>;
 
     fn handle(&mut self, msg: Online, _: &mut Context<Self>) -> Self::Result {
-        MessageResult(msg.users.iter().map(|u| self.presence.is_online(u)).collect())
+        MessageResult(
+            msg.users
+                .iter()
+                .map(|u| self.presence.is_online(u))
+                .collect(),
+        )
     }
 }
 

@@ -7,9 +7,9 @@ use std::time::Duration;
 
 use actix::prelude::*;
 
+use crate::hub::rooms::Rooms;
 use crate::hub::ChatServer;
 use crate::messages::LiveEvent;
-use crate::hub::rooms::Rooms;
 use crate::protocol::{HistoryRange, RoomName};
 use crate::store::Snapshot;
 

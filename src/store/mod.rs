@@ -327,8 +327,7 @@ pub trait EventStore: Send + Sync + 'static {
     async fn snapshot(&self) -> Result<Snapshot, StoreError>;
 
     /// What `reader` is to `room`, read from the store (not a node's memory).
-    async fn access(&self, room: &RoomName, reader: Option<&UserId>)
-        -> Result<Access, StoreError>;
+    async fn access(&self, room: &RoomName, reader: Option<&UserId>) -> Result<Access, StoreError>;
 
     /// A room's members with their roles, in the order they joined.
     async fn members(&self, room: &RoomName) -> Result<Vec<(UserId, Role)>, StoreError>;
@@ -337,8 +336,7 @@ pub trait EventStore: Send + Sync + 'static {
     async fn bans(&self, room: &RoomName) -> Result<Vec<BanInfo>, StoreError>;
 
     /// `user` blocks (`on`) or unblocks `blocked`.
-    async fn set_block(&self, user: &UserId, blocked: &UserId, on: bool)
-        -> Result<(), StoreError>;
+    async fn set_block(&self, user: &UserId, blocked: &UserId, on: bool) -> Result<(), StoreError>;
 
     /// A page of a room's events (no membership check: callers do that).
     async fn events(&self, room: &RoomName, range: HistoryRange) -> Result<Page, StoreError>;

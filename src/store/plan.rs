@@ -240,7 +240,11 @@ impl Keys {
                     )
             });
             if owner_leaves || ownership_moves {
-                let pairs = self.pairs.iter().filter(|(room, _)| room == &r.room).count();
+                let pairs = self
+                    .pairs
+                    .iter()
+                    .filter(|(room, _)| room == &r.room)
+                    .count();
                 out.push((r.room.clone(), pairs as i64 + 1));
             }
         }
@@ -326,10 +330,8 @@ impl Planner<'_> {
         }
         let me = self.member(room, user);
         let key = (room.clone(), user.clone());
-        let outsider = row.private
-            && me.is_none()
-            && !self.s.invites.contains_key(&key)
-            && !row.in_dm(user);
+        let outsider =
+            row.private && me.is_none() && !self.s.invites.contains_key(&key) && !row.in_dm(user);
         if outsider {
             return Err(Refusal::NoSuchRoom);
         }
@@ -457,8 +459,7 @@ impl Planner<'_> {
                 let Some(theirs) = theirs else {
                     return Err(Refusal::NoSuchMember);
                 };
-                if theirs.role == Role::Owner || (my == Role::Admin && theirs.role == Role::Admin)
-                {
+                if theirs.role == Role::Owner || (my == Role::Admin && theirs.role == Role::Admin) {
                     return Err(Refusal::Forbidden);
                 }
                 self.remove_member(room, target);
@@ -610,7 +611,13 @@ impl Planner<'_> {
             .and_then(|s| s.iter().find(|(u, _)| u == user).map(|(_, m)| *m))
     }
 
-    fn create(&mut self, room: &RoomName, user: &UserId, private: bool, dm: Option<(UserId, UserId)>) {
+    fn create(
+        &mut self,
+        room: &RoomName,
+        user: &UserId,
+        private: bool,
+        dm: Option<(UserId, UserId)>,
+    ) {
         self.s.rooms.insert(
             room.clone(),
             RoomRow {
@@ -646,7 +653,9 @@ impl Planner<'_> {
 
     fn set_member(&mut self, room: &RoomName, user: &UserId, role: Role, joined_seq: Seq) {
         let key = (room.clone(), user.clone());
-        self.s.members.insert(key.clone(), Membership { role, joined_seq });
+        self.s
+            .members
+            .insert(key.clone(), Membership { role, joined_seq });
         self.members_changed.insert(key);
     }
 
@@ -676,7 +685,8 @@ impl Planner<'_> {
         if !self.touched.contains(room) {
             self.touched.push(room.clone());
         }
-        let ev = Event {
+
+        Event {
             kind,
             room: room.clone(),
             seq: row.last_seq,
@@ -692,8 +702,7 @@ impl Planner<'_> {
             by: None,
             node: self.node.to_owned(),
             at: self.at,
-        };
-        ev
+        }
     }
 
     fn finish(mut self) -> Plan {

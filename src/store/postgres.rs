@@ -18,9 +18,9 @@ use tokio_postgres::{NoTls, Row};
 
 use super::migrations::{self, Dialect};
 use super::{
-    event_data, plan, role_from_db, set_event_data, Access, AppendOutcome, AppendRequest,
-    BanRow, EventStore, Invitation, Keys, Loaded, Membership, NewRoom, Page, PageQuery, Plan,
-    RoomRow, Snapshot, StoreError,
+    event_data, plan, role_from_db, set_event_data, Access, AppendOutcome, AppendRequest, BanRow,
+    EventStore, Invitation, Keys, Loaded, Membership, NewRoom, Page, PageQuery, Plan, RoomRow,
+    Snapshot, StoreError,
 };
 use crate::config::redact_url;
 use crate::protocol::{
@@ -149,7 +149,9 @@ fn room_row(row: &Row, from: usize) -> Result<RoomRow, StoreError> {
     Ok(RoomRow {
         last_seq: row.try_get(from)?,
         private: row.try_get(from + 1)?,
-        owner: row.try_get::<_, Option<String>>(from + 2)?.map(UserId::trusted),
+        owner: row
+            .try_get::<_, Option<String>>(from + 2)?
+            .map(UserId::trusted),
         dm: dm_a
             .zip(dm_b)
             .map(|(a, b)| (UserId::trusted(a), UserId::trusted(b))),
@@ -288,7 +290,12 @@ async fn load(
             tx.query(&blocks, &block_params),
         )?
     } else {
-        (tx.query(&members, &pair_params).await?, Vec::new(), Vec::new(), Vec::new())
+        (
+            tx.query(&members, &pair_params).await?,
+            Vec::new(),
+            Vec::new(),
+            Vec::new(),
+        )
     };
     let pair = |row: &Row| -> Result<(RoomName, UserId), StoreError> {
         Ok((
@@ -427,7 +434,13 @@ async fn write_moderation(
                     "INSERT INTO room_bans (room, user_id, by_user, reason, seq)
                      VALUES ($1, $2, $3, $4, $5)
                      ON CONFLICT (room, user_id) DO UPDATE SET by_user = $3, reason = $4, seq = $5",
-                    &[&room.as_str(), &user.as_str(), &b.by.as_str(), &b.reason, &b.seq],
+                    &[
+                        &room.as_str(),
+                        &user.as_str(),
+                        &b.by.as_str(),
+                        &b.reason,
+                        &b.seq,
+                    ],
                 )
                 .await?
             }
@@ -543,8 +556,16 @@ impl EventStore for PgStore {
         let node = node.to_owned();
 
         let event_params: Params<'_, 10> = [
-            &ev_rooms, &ev_seqs, &ev_types, &ev_users, &ev_msgs, &ev_cids, &node, &at,
-            &ev_targets, &ev_data,
+            &ev_rooms,
+            &ev_seqs,
+            &ev_types,
+            &ev_users,
+            &ev_msgs,
+            &ev_cids,
+            &node,
+            &at,
+            &ev_targets,
+            &ev_data,
         ];
         let room_params: Params<'_, 3> = [&room_names, &room_seqs, &room_owners];
         let join_params: Params<'_, 4> = [&join_rooms, &join_users, &join_seqs, &join_roles];
@@ -625,11 +646,7 @@ impl EventStore for PgStore {
         Ok(q.finish(events))
     }
 
-    async fn access(
-        &self,
-        room: &RoomName,
-        reader: Option<&UserId>,
-    ) -> Result<Access, StoreError> {
+    async fn access(&self, room: &RoomName, reader: Option<&UserId>) -> Result<Access, StoreError> {
         let client = self.pool.get().await?;
         let st = client
             .prepare_cached(

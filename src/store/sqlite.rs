@@ -17,11 +17,13 @@ use rusqlite::{params, Connection, OptionalExtension, Row, TransactionBehavior};
 
 use super::migrations::{self, Dialect};
 use super::{
-    event_data, plan, role_from_db, set_event_data, Access, AppendOutcome, AppendRequest,
-    BanRow, EventStore, Invitation, Keys, Loaded, Membership, Page, PageQuery, RoomRow,
-    Snapshot, StoreError,
+    event_data, plan, role_from_db, set_event_data, Access, AppendOutcome, AppendRequest, BanRow,
+    EventStore, Invitation, Keys, Loaded, Membership, Page, PageQuery, RoomRow, Snapshot,
+    StoreError,
 };
-use crate::protocol::{now_micros, BanInfo, Event, EventKind, HistoryRange, Role, RoomName, UserId};
+use crate::protocol::{
+    now_micros, BanInfo, Event, EventKind, HistoryRange, Role, RoomName, UserId,
+};
 
 const EVENT_COLUMNS: &str =
     "id, room, seq, type, user_id, message, client_msg_id, node, at, target, data";
@@ -175,27 +177,32 @@ fn room_row(row: &Row<'_>, from: usize) -> rusqlite::Result<RoomRow> {
 
 fn role_of(s: String) -> rusqlite::Result<Role> {
     role_from_db(&s).map_err(|e| {
-        rusqlite::Error::FromSqlConversionFailure(0, rusqlite::types::Type::Text, e.to_string().into())
+        rusqlite::Error::FromSqlConversionFailure(
+            0,
+            rusqlite::types::Type::Text,
+            e.to_string().into(),
+        )
     })
 }
 
 fn load(tx: &rusqlite::Transaction<'_>, batch: &[AppendRequest]) -> Result<Loaded, StoreError> {
     let keys = Keys::of(batch);
     let mut loaded = Loaded::default();
-    let mut room = tx.prepare_cached(
-        "SELECT last_seq, private, owner, dm_a, dm_b FROM rooms WHERE name = ?1",
-    )?;
+    let mut room = tx
+        .prepare_cached("SELECT last_seq, private, owner, dm_a, dm_b FROM rooms WHERE name = ?1")?;
     for name in &keys.rooms {
-        if let Some(row) = room.query_row([name.as_str()], |r| room_row(r, 0)).optional()? {
+        if let Some(row) = room
+            .query_row([name.as_str()], |r| room_row(r, 0))
+            .optional()?
+        {
             loaded.rooms.insert(name.clone(), row);
         }
     }
     let mut member = tx.prepare_cached(
         "SELECT role, joined_seq FROM room_members WHERE room = ?1 AND user_id = ?2",
     )?;
-    let mut invite = tx.prepare_cached(
-        "SELECT by_user, seq FROM room_invites WHERE room = ?1 AND user_id = ?2",
-    )?;
+    let mut invite = tx
+        .prepare_cached("SELECT by_user, seq FROM room_invites WHERE room = ?1 AND user_id = ?2")?;
     let mut ban = tx.prepare_cached(
         "SELECT by_user, reason, seq FROM room_bans WHERE room = ?1 AND user_id = ?2",
     )?;
@@ -294,7 +301,11 @@ fn append_blocking(
              VALUES (?1, ?2, ?3, 0, ?4, ?5, ?6)",
         )?;
         for new in &plan.created {
-            let (a, b) = new.dm.as_ref().map(|(a, b)| (a.as_str(), b.as_str())).unzip();
+            let (a, b) = new
+                .dm
+                .as_ref()
+                .map(|(a, b)| (a.as_str(), b.as_str()))
+                .unzip();
             create.execute(params![
                 new.name.as_str(),
                 new.creator.as_str(),
@@ -328,7 +339,11 @@ fn append_blocking(
         let mut last =
             tx.prepare_cached("UPDATE rooms SET last_seq = ?2, owner = ?3 WHERE name = ?1")?;
         for (room, seq, owner) in &plan.rooms {
-            last.execute(params![room.as_str(), seq, owner.as_ref().map(UserId::as_str)])?;
+            last.execute(params![
+                room.as_str(),
+                seq,
+                owner.as_ref().map(UserId::as_str)
+            ])?;
         }
         let mut join = tx.prepare_cached(
             "INSERT INTO room_members (room, user_id, joined_seq, role) VALUES (?1, ?2, ?3, ?4)
@@ -355,7 +370,9 @@ fn append_blocking(
             tx.prepare_cached("DELETE FROM room_invites WHERE room = ?1 AND user_id = ?2")?;
         for ((room, user), i) in &plan.invites {
             match i {
-                Some(i) => invite.execute(params![room.as_str(), user.as_str(), i.by.as_str(), i.seq])?,
+                Some(i) => {
+                    invite.execute(params![room.as_str(), user.as_str(), i.by.as_str(), i.seq])?
+                }
                 None => uninvite.execute(params![room.as_str(), user.as_str()])?,
             };
         }
@@ -412,7 +429,8 @@ impl EventStore for SqliteStore {
             let mut rooms = conn.prepare(
                 "SELECT name, last_seq, private, owner, dm_a, dm_b FROM rooms ORDER BY name",
             )?;
-            let rows = rooms.query_map([], |r| Ok((RoomName::trusted(r.get(0)?), room_row(r, 1)?)))?;
+            let rows =
+                rooms.query_map([], |r| Ok((RoomName::trusted(r.get(0)?), room_row(r, 1)?)))?;
             for row in rows {
                 snap.rooms.push(row?);
             }
@@ -458,16 +476,14 @@ impl EventStore for SqliteStore {
         .await
     }
 
-    async fn access(
-        &self,
-        room: &RoomName,
-        reader: Option<&UserId>,
-    ) -> Result<Access, StoreError> {
+    async fn access(&self, room: &RoomName, reader: Option<&UserId>) -> Result<Access, StoreError> {
         let room = room.clone();
         let reader = reader.cloned();
         Self::with(&self.reader, move |conn| {
             let row = conn
-                .prepare_cached("SELECT last_seq, private, owner, dm_a, dm_b FROM rooms WHERE name = ?1")?
+                .prepare_cached(
+                    "SELECT last_seq, private, owner, dm_a, dm_b FROM rooms WHERE name = ?1",
+                )?
                 .query_row([room.as_str()], |r| room_row(r, 0))
                 .optional()?;
             let mut access = Access {
@@ -477,7 +493,9 @@ impl EventStore for SqliteStore {
             if let (Some(_), Some(user)) = (&access.room, &reader) {
                 let args = [room.as_str(), user.as_str()];
                 access.role = conn
-                    .prepare_cached("SELECT role FROM room_members WHERE room = ?1 AND user_id = ?2")?
+                    .prepare_cached(
+                        "SELECT role FROM room_members WHERE room = ?1 AND user_id = ?2",
+                    )?
                     .query_row(args, |r| role_of(r.get(0)?))
                     .optional()?;
                 access.invited = conn
@@ -529,7 +547,11 @@ impl EventStore for SqliteStore {
                 conn.prepare_cached(
                     "INSERT OR IGNORE INTO user_blocks (user_id, blocked, at) VALUES (?1, ?2, ?3)",
                 )?
-                .execute(params![user.as_str(), blocked.as_str(), fmt_at(&now_micros())])?;
+                .execute(params![
+                    user.as_str(),
+                    blocked.as_str(),
+                    fmt_at(&now_micros())
+                ])?;
             } else {
                 conn.prepare_cached("DELETE FROM user_blocks WHERE user_id = ?1 AND blocked = ?2")?
                     .execute(params![user.as_str(), blocked.as_str()])?;

@@ -1,5 +1,6 @@
 //! The batch planner and the page cuts, shared by both stores.
 use super::*;
+use crate::protocol::EventKind;
 
 fn room(s: &str) -> RoomName {
     RoomName::trusted(s.into())
@@ -21,20 +22,33 @@ fn msg(text: &str, c: Option<&str>) -> AppendOp {
     }
 }
 
+const CREATE: AppendOp = AppendOp::Create { private: false };
+
+fn member(role: Role, joined_seq: Seq) -> Membership {
+    Membership { role, joined_seq }
+}
+
+fn events(outcome: &AppendOutcome) -> Vec<(EventKind, Seq)> {
+    match outcome {
+        AppendOutcome::Appended(evs) => evs.iter().map(|e| (e.kind, e.seq)).collect(),
+        other => panic!("not appended: {other:?}"),
+    }
+}
+
 #[test]
 fn a_batch_is_decided_in_order_with_gap_free_seqs() {
     let batch = vec![
-        req("g", "1", AppendOp::Create),
+        req("g", "1", CREATE),
         req("g", "2", msg("early", None)),
         req("g", "2", AppendOp::Join),
         req("g", "2", msg("hi", Some("c1"))),
         req("g", "2", msg("hi again", Some("c1"))),
-        req("g", "1", AppendOp::Create),
+        req("g", "1", CREATE),
         req("g", "2", AppendOp::Leave),
         req("g", "2", AppendOp::Leave),
         req("h", "1", AppendOp::Join),
     ];
-    let p = plan(&batch, Loaded::default(), "n", Utc::now());
+    let p = plan(&batch, Loaded::default(), "n", chrono::Utc::now());
     let seqs: Vec<Seq> = p.events.iter().map(|e| e.seq).collect();
     assert_eq!(seqs, vec![1, 2, 3, 4]);
     assert!(matches!(
@@ -54,14 +68,14 @@ fn a_batch_is_decided_in_order_with_gap_free_seqs() {
         p.outcomes[8],
         AppendOutcome::Refused(Refusal::NoSuchRoom)
     ));
-    assert_eq!(p.last_seqs, vec![(room("g"), 4)]);
+    assert_eq!(p.rooms, vec![(room("g"), 4, Some(user("1")))]);
     let mut m = p.membership.clone();
-    m.sort();
+    m.sort_by(|a, b| a.0.cmp(&b.0));
     assert_eq!(
         m,
         vec![
-            (room("g"), user("1"), Some(1)),
-            (room("g"), user("2"), None)
+            ((room("g"), user("1")), Some(member(Role::Owner, 1))),
+            ((room("g"), user("2")), None)
         ]
     );
 }
@@ -69,10 +83,18 @@ fn a_batch_is_decided_in_order_with_gap_free_seqs() {
 #[test]
 fn seqs_continue_from_the_loaded_last_seq() {
     let mut loaded = Loaded::default();
-    loaded.rooms.insert(room("g"), 41);
-    loaded.members.insert((room("g"), user("1")));
+    loaded.rooms.insert(
+        room("g"),
+        RoomRow {
+            last_seq: 41,
+            ..RoomRow::default()
+        },
+    );
+    loaded
+        .members
+        .insert((room("g"), user("1")), member(Role::Member, 3));
     let batch = vec![req("g", "1", AppendOp::Join), req("g", "1", msg("x", None))];
-    let p = plan(&batch, loaded, "n", Utc::now());
+    let p = plan(&batch, loaded, "n", chrono::Utc::now());
     assert_eq!(p.outcomes[0], AppendOutcome::AlreadyMember { last_seq: 41 });
     assert_eq!(p.events[0].seq, 42);
 }
@@ -81,9 +103,240 @@ fn seqs_continue_from_the_loaded_last_seq() {
 fn a_room_taken_by_another_node_cannot_be_created() {
     let mut loaded = Loaded::default();
     loaded.taken.insert(room("g"));
-    let p = plan(&[req("g", "1", AppendOp::Create)], loaded, "n", Utc::now());
+    let p = plan(&[req("g", "1", CREATE)], loaded, "n", chrono::Utc::now());
     assert_eq!(p.outcomes[0], AppendOutcome::Refused(Refusal::RoomExists));
     assert!(p.events.is_empty());
+}
+
+/// A loaded room `g` owned by `o` (joined at 1), with members.
+fn owned(private: bool, others: &[(&str, Role, Seq)]) -> Loaded {
+    let mut loaded = Loaded::default();
+    loaded.rooms.insert(
+        room("g"),
+        RoomRow {
+            last_seq: 10,
+            private,
+            owner: Some(user("o")),
+            dm: None,
+        },
+    );
+    loaded
+        .members
+        .insert((room("g"), user("o")), member(Role::Owner, 1));
+    for (u, role, seq) in others {
+        loaded
+            .members
+            .insert((room("g"), user(u)), member(*role, *seq));
+    }
+    loaded
+}
+
+#[test]
+fn an_owner_who_leaves_passes_the_room_to_the_first_admin_else_the_first_member() {
+    let loaded = owned(false, &[("m", Role::Member, 2), ("a", Role::Admin, 5)]);
+    let p = plan(
+        &[req("g", "o", AppendOp::Leave)],
+        loaded,
+        "n",
+        chrono::Utc::now(),
+    );
+    assert_eq!(
+        events(&p.outcomes[0]),
+        vec![(EventKind::Leave, 11), (EventKind::Role, 12)]
+    );
+    assert_eq!(p.events[1].target, Some(user("a")));
+    assert_eq!(p.rooms, vec![(room("g"), 12, Some(user("a")))]);
+
+    // Heirs outside the batch's pairs come from `successors`.
+    let mut loaded = owned(false, &[]);
+    loaded.successors.insert(
+        room("g"),
+        vec![
+            (user("x"), member(Role::Member, 4)),
+            (user("y"), member(Role::Member, 3)),
+        ],
+    );
+    let p = plan(
+        &[req("g", "o", AppendOp::Leave)],
+        loaded,
+        "n",
+        chrono::Utc::now(),
+    );
+    assert_eq!(p.events[1].target, Some(user("y")));
+
+    // The last member's leave leaves no owner; the next joiner owns the room.
+    let batch = [
+        req("g", "o", AppendOp::Leave),
+        req("g", "z", AppendOp::Join),
+    ];
+    let p = plan(&batch, owned(false, &[]), "n", chrono::Utc::now());
+    assert_eq!(p.events.len(), 2);
+    assert_eq!(p.rooms, vec![(room("g"), 12, Some(user("z")))]);
+}
+
+#[test]
+fn moderation_follows_the_roles() {
+    let kick = |t: &str| AppendOp::Kick { target: user(t) };
+    let loaded = || {
+        owned(
+            false,
+            &[
+                ("a", Role::Admin, 2),
+                ("b", Role::Admin, 3),
+                ("m", Role::Member, 4),
+            ],
+        )
+    };
+    let refused = |u: &str, op: AppendOp| {
+        plan(&[req("g", u, op)], loaded(), "n", chrono::Utc::now()).outcomes[0].clone()
+    };
+    assert_eq!(
+        refused("m", kick("a")),
+        AppendOutcome::Refused(Refusal::Forbidden)
+    );
+    assert_eq!(
+        refused("a", kick("b")),
+        AppendOutcome::Refused(Refusal::Forbidden)
+    );
+    assert_eq!(
+        refused("a", kick("o")),
+        AppendOutcome::Refused(Refusal::Forbidden)
+    );
+    assert_eq!(
+        refused("o", kick("o")),
+        AppendOutcome::Refused(Refusal::Forbidden)
+    );
+    assert_eq!(
+        refused("o", kick("nobody")),
+        AppendOutcome::Refused(Refusal::NoSuchMember)
+    );
+    assert_eq!(
+        refused("stranger", kick("m")),
+        AppendOutcome::Refused(Refusal::NotAMember)
+    );
+    assert_eq!(
+        events(&refused("a", kick("m"))),
+        vec![(EventKind::Kick, 11)]
+    );
+    let demote = AppendOp::SetRole {
+        target: user("o"),
+        role: Role::Member,
+    };
+    assert_eq!(
+        refused("a", demote.clone()),
+        AppendOutcome::Refused(Refusal::Forbidden)
+    );
+    assert_eq!(
+        refused("o", demote),
+        AppendOutcome::Refused(Refusal::Forbidden)
+    );
+    let same = AppendOp::SetRole {
+        target: user("a"),
+        role: Role::Admin,
+    };
+    assert_eq!(
+        refused("o", same),
+        AppendOutcome::Unchanged { last_seq: 10 }
+    );
+
+    // Passing ownership makes the old owner an admin.
+    let give = AppendOp::SetRole {
+        target: user("m"),
+        role: Role::Owner,
+    };
+    let p = plan(&[req("g", "o", give)], loaded(), "n", chrono::Utc::now());
+    let mut m = p.membership.clone();
+    m.sort_by(|a, b| a.0.cmp(&b.0));
+    assert_eq!(
+        m.iter()
+            .map(|((_, u), m)| (u.as_str(), m.map(|m| m.role)))
+            .collect::<Vec<_>>(),
+        vec![("m", Some(Role::Owner)), ("o", Some(Role::Admin))]
+    );
+}
+
+#[test]
+fn a_private_room_is_no_such_room_to_an_outsider_and_a_ban_keeps_a_user_out() {
+    let mut loaded = owned(true, &[("m", Role::Member, 2)]);
+    loaded.invites.insert(
+        (room("g"), user("i")),
+        Invitation {
+            by: user("o"),
+            seq: 9,
+        },
+    );
+    let batch = [
+        req("g", "x", AppendOp::Join),
+        req("g", "x", msg("hi", None)),
+        req("g", "m", AppendOp::Invite { target: user("y") }),
+        req("g", "i", msg("hi", None)),
+        req("g", "i", AppendOp::Join),
+        req(
+            "g",
+            "o",
+            AppendOp::Ban {
+                target: user("i"),
+                reason: Some("spam".into()),
+            },
+        ),
+        req("g", "i", AppendOp::Join),
+    ];
+    let p = plan(&batch, loaded, "n", chrono::Utc::now());
+    let o = &p.outcomes;
+    assert_eq!(o[0], AppendOutcome::Refused(Refusal::NoSuchRoom));
+    assert_eq!(o[1], AppendOutcome::Refused(Refusal::NoSuchRoom));
+    assert_eq!(o[2], AppendOutcome::Refused(Refusal::Forbidden));
+    assert_eq!(o[3], AppendOutcome::Refused(Refusal::NotAMember));
+    assert_eq!(events(&o[4]), vec![(EventKind::Join, 11)]);
+    assert_eq!(events(&o[5]), vec![(EventKind::Ban, 12)]);
+    // The join used the invitation up and the ban ended the membership:
+    // an outsider again.
+    assert_eq!(o[6], AppendOutcome::Refused(Refusal::NoSuchRoom));
+    assert_eq!(p.invites, vec![((room("g"), user("i")), None)]);
+}
+
+#[test]
+fn a_dm_is_made_once_and_a_block_stops_it() {
+    let dm = room("dm:x");
+    let op = || AppendOp::Dm { other: user("b") };
+    let batch = [
+        AppendRequest {
+            room: dm.clone(),
+            user: user("a"),
+            op: op(),
+        },
+        AppendRequest {
+            room: dm.clone(),
+            user: user("a"),
+            op: op(),
+        },
+        AppendRequest {
+            room: dm.clone(),
+            user: user("c"),
+            op: AppendOp::Join,
+        },
+        AppendRequest {
+            room: dm.clone(),
+            user: user("a"),
+            op: AppendOp::Invite { target: user("c") },
+        },
+    ];
+    let p = plan(&batch, Loaded::default(), "n", chrono::Utc::now());
+    assert_eq!(
+        events(&p.outcomes[0]),
+        vec![(EventKind::Create, 1), (EventKind::Join, 2)]
+    );
+    assert!(p.events[0].dm && p.events[0].private);
+    assert_eq!(p.events[1].by, Some(user("a")));
+    assert_eq!(p.outcomes[1], AppendOutcome::AlreadyMember { last_seq: 2 });
+    assert_eq!(p.outcomes[2], AppendOutcome::Refused(Refusal::NoSuchRoom));
+    assert_eq!(p.outcomes[3], AppendOutcome::Refused(Refusal::Forbidden));
+
+    let mut loaded = Loaded::default();
+    loaded.blocks.insert((user("b"), user("a")));
+    let p = plan(&batch[..1], loaded, "n", chrono::Utc::now());
+    assert_eq!(p.outcomes[0], AppendOutcome::Refused(Refusal::Forbidden));
+    assert!(p.created.is_empty());
 }
 
 #[test]

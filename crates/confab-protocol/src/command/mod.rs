@@ -560,7 +560,9 @@ impl<'a> Fields<'a> {
         match self.0.get(name) {
             None | Some(Value::Null) => Ok(None),
             Some(Value::Bool(b)) => Ok(Some(*b)),
-            Some(_) => Err(ProtoError::invalid_field(format!("{name} must be true or false"))),
+            Some(_) => Err(ProtoError::invalid_field(format!(
+                "{name} must be true or false"
+            ))),
         }
     }
 
