@@ -10,7 +10,7 @@ mod common;
 use std::collections::BTreeSet;
 use std::time::{Duration, Instant};
 
-use common::{Client, Cluster};
+use common::{Client, Cluster, OwnRedis};
 use serde_json::{json, Value};
 
 fn seq(f: &Value) -> i64 {
@@ -139,6 +139,8 @@ async fn kick_and_ban_on_one_node_cut_the_user_off_on_the_other() {
     alice.ok(json!({"type":"create","room":"lobby"})).await; // seq 1
     let mut bob = client_as(&cluster, 1, "bob").await;
     bob.ok(json!({"type":"join","room":"lobby"})).await; // 2
+                                                         // Another connection of bob's, on node 0, not subscribed to the room.
+    let mut bob0 = client_as(&cluster, 0, "bob").await;
     let mut dave = client_as(&cluster, 1, "dave").await;
     dave.ok(json!({"type":"join","room":"lobby"})).await; // 3
     let mut carol = client_as(&cluster, 1, "carol").await;
@@ -157,6 +159,12 @@ async fn kick_and_ban_on_one_node_cut_the_user_off_on_the_other() {
     assert_eq!(event["target"], "bob", "{event}");
     assert_eq!(notice["by"], "alice", "{notice}");
     assert_eq!(notice["seq"], 5, "{notice}");
+    let notice0 = wait_notice(&mut bob0, "kick", "lobby").await;
+    assert_eq!(
+        notice0["seq"], 5,
+        "bob's other connection, on node 0: {notice0}"
+    );
+    assert_eq!(notice0["by"], "alice", "{notice0}");
 
     // A later message reaches node 1 (carol has it) but not bob's connection.
     let m = alice
@@ -577,7 +585,10 @@ async fn resume_on_one_node_replays_moderation_made_on_the_other_exactly_as_hist
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_user_kicked_on_one_node_is_refused_private_members_on_the_other_at_once() {
-    let cluster = Cluster::start(2).await;
+    // A Redis of its own: the last round stops it, so that node 1 cannot
+    // hear of the kick at all and only the store can tell.
+    let mut redis = OwnRedis::start();
+    let cluster = Cluster::start_on(2, redis.url()).await;
     let mut alice = client_as(&cluster, 0, "alice").await;
     alice
         .ok(json!({"type":"create","room":"vault","private":true}))
@@ -585,7 +596,8 @@ async fn a_user_kicked_on_one_node_is_refused_private_members_on_the_other_at_on
     // Bob's subscribed connection and a second one that only asks.
     let mut bob = client_as(&cluster, 1, "bob").await;
     let mut probe = client_as(&cluster, 1, "bob").await;
-    for round in 0..5 {
+    const ROUNDS: usize = 5;
+    for round in 0..=ROUNDS {
         alice
             .ok(json!({"type":"invite","room":"vault","user":"bob"}))
             .await;
@@ -617,6 +629,10 @@ async fn a_user_kicked_on_one_node_is_refused_private_members_on_the_other_at_on
             "{members}"
         );
 
+        let bus_down = round == ROUNDS;
+        if bus_down {
+            redis.kill();
+        }
         alice
             .ok(json!({"type":"kick","room":"vault","user":"bob"}))
             .await;
@@ -638,6 +654,15 @@ async fn a_user_kicked_on_one_node_is_refused_private_members_on_the_other_at_on
             "round {round}: refused {:?} after the kick's ack",
             started.elapsed()
         );
+        if bus_down {
+            // Nor may the kicked user post, though node 1 still thinks him in.
+            let m = bob
+                .reply(json!({"type":"message","room":"vault","message":"still in?"}))
+                .await;
+            assert_eq!(m["type"], "error", "{m}");
+            assert_eq!(m["code"], "no_such_room", "{m}");
+            break;
+        }
         // The subscribed connection got the kick; drain it before the next round.
         let mut seen = Vec::new();
         loop {
