@@ -35,13 +35,17 @@ impl RoomState {
         match ev.kind {
             EventKind::Create => {
                 self.private = ev.facts.private;
-                if ev.facts.dm {
+                let role = if ev.facts.dm {
                     self.dm = target.map(|t| crate::store::sorted(&ev.user, t));
-                }
-                self.members.insert(ev.user.clone(), Role::Owner);
+                    // Roles do not apply in a DM: two members, no owner.
+                    Role::Member
+                } else {
+                    Role::Owner
+                };
+                self.members.insert(ev.user.clone(), role);
             }
             EventKind::Join => {
-                let role = if self.members.is_empty() {
+                let role = if self.members.is_empty() && self.dm.is_none() {
                     Role::Owner
                 } else {
                     Role::Member
@@ -284,5 +288,9 @@ mod tests {
         let b = rooms.infos(seqs(), Some(&u("b")));
         assert_eq!((b[0].dm, b[0].with.clone()), (true, Some(u("a"))));
         assert_eq!(b[0].members, 2);
+        assert_eq!(
+            rooms.infos(seqs(), Some(&u("a")))[0].role,
+            Some(Standing::Member)
+        );
     }
 }

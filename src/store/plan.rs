@@ -541,7 +541,8 @@ impl Planner<'_> {
             ev.private = true;
             ev.dm = true;
             ev.target = Some(other.clone());
-            self.set_member(room, user, Role::Owner, ev.seq);
+            // Roles do not apply in a DM: two members, no owner.
+            self.set_member(room, user, Role::Member, ev.seq);
             events.push(ev);
         }
         if self.member(room, user).is_none() {
@@ -623,7 +624,7 @@ impl Planner<'_> {
             RoomRow {
                 last_seq: 0,
                 private,
-                owner: Some(user.clone()),
+                owner: dm.is_none().then(|| user.clone()),
                 dm: dm.clone(),
             },
         );
@@ -638,7 +639,7 @@ impl Planner<'_> {
     /// A join at `seq`: the joiner owns an empty room; an invitation is used up.
     fn join(&mut self, room: &RoomName, user: &UserId, seq: Seq) {
         let role = match self.s.rooms.get_mut(room) {
-            Some(row) if row.owner.is_none() => {
+            Some(row) if row.owner.is_none() && row.dm.is_none() => {
                 row.owner = Some(user.clone());
                 Role::Owner
             }
