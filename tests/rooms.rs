@@ -18,6 +18,7 @@ on_both_stores!(
     only_the_owner_sets_roles_and_admins_act_on_members_only,
     the_owner_leaving_hands_the_room_to_the_first_admin_else_the_first_member,
     a_dm_is_one_private_room_per_pair_whoever_asks,
+    the_caller_of_a_new_dm_gets_its_create_and_join_before_the_ack,
     a_block_refuses_dms_and_invites_from_the_blocked_user_and_nothing_else,
     notices_reach_every_connection_of_the_target_and_no_one_else,
     rooms_and_members_show_each_user_what_it_may_see_with_its_role,
@@ -386,6 +387,7 @@ async fn members_invite_into_public_rooms_and_only_the_inviter_or_staff_uninvite
     );
     bob.ok(json!({"type":"join","room":"pub"})).await;
     dave.ok(json!({"type":"join","room":"pub"})).await;
+    assert_eq!(event(&mut bob, "join").await["user_id"], "dave");
 
     // Any member may invite into a public room.
     let frames = bob
@@ -612,18 +614,18 @@ async fn a_ban_with_a_reason_keeps_the_user_out_until_unbanned(b: Backend) {
     alice
         .ok(json!({"type":"unban","room":"r","user":"carol"}))
         .await;
-    carol.ok(json!({"type":"join","room":"r"})).await; // 7
+    carol.ok(json!({"type":"join","room":"r"})).await; // 8 (5: "after", 6: ban, 7: unban)
     settle(&mut carol).await;
     let frames = alice
         .cmd(json!({"type":"ban","room":"r","user":"carol"}))
         .await;
     assert_eq!(
         short(&frames[frames.len() - 2]),
-        json!({"type":"ban","room":"r","seq":8,"user_id":"alice","target":"carol"})
+        json!({"type":"ban","room":"r","seq":9,"user_id":"alice","target":"carol"})
     );
     let got = settle(&mut carol).await;
     assert!(
-        got.contains(&notice("ban", "r", 8, "alice")),
+        got.contains(&notice("ban", "r", 9, "alice")),
         "carol's frames: {got:?}"
     );
     let bans = alice.reply(json!({"type":"bans","room":"r"})).await;
@@ -631,7 +633,7 @@ async fn a_ban_with_a_reason_keeps_the_user_out_until_unbanned(b: Backend) {
         bans["bans"],
         json!([
             {"user_id":"bob","by":"alice","reason":"spam","seq":4},
-            {"user_id":"carol","by":"alice","seq":8},
+            {"user_id":"carol","by":"alice","seq":9},
         ])
     );
 
@@ -639,12 +641,12 @@ async fn a_ban_with_a_reason_keeps_the_user_out_until_unbanned(b: Backend) {
         .cmd(json!({"type":"unban","room":"r","user":"bob"}))
         .await;
     assert_eq!(
-        short(&frames[0]),
-        json!({"type":"unban","room":"r","seq":9,"user_id":"alice","target":"bob"})
+        short(&frames[frames.len() - 2]),
+        json!({"type":"unban","room":"r","seq":10,"user_id":"alice","target":"bob"})
     );
     assert_eq!(
-        short(&frames[1]),
-        json!({"type":"ack","command":"unban","room":"r","seq":9})
+        short(&frames[frames.len() - 1]),
+        json!({"type":"ack","command":"unban","room":"r","seq":10})
     );
     alice
         .err(
@@ -662,7 +664,7 @@ async fn a_ban_with_a_reason_keeps_the_user_out_until_unbanned(b: Backend) {
     let bans = alice.reply(json!({"type":"bans","room":"r"})).await;
     assert_eq!(
         bans["bans"],
-        json!([{"user_id":"carol","by":"alice","seq":8}])
+        json!([{"user_id":"carol","by":"alice","seq":9}])
     );
 }
 
@@ -841,6 +843,7 @@ async fn the_owner_leaving_hands_the_room_to_the_first_admin_else_the_first_memb
     let leave = |who: &str, seq: i64| json!({"type":"leave","room":"r","seq":seq,"user_id":who});
 
     // The first admin to have joined, not the first promoted.
+    settle(&mut alice).await;
     let frames = alice.cmd(json!({"type":"leave","room":"r"})).await;
     assert_eq!(frames.len(), 2, "{frames:?}");
     assert_eq!(short(&frames[0]), leave("alice", 8));
@@ -868,6 +871,7 @@ async fn the_owner_leaving_hands_the_room_to_the_first_admin_else_the_first_memb
     dave.ok(json!({"type":"leave","room":"r"})).await;
     assert_eq!(short(&erin.recv().await), leave("dave", 12));
     assert_eq!(short(&erin.recv().await), succession("dave", "bob", 13));
+    settle(&mut bob).await;
     let frames = bob.cmd(json!({"type":"leave","room":"r"})).await;
     assert_eq!(short(&frames[0]), leave("bob", 14));
     assert_eq!(short(&erin.recv().await), leave("bob", 14));
@@ -907,6 +911,25 @@ async fn the_owner_leaving_hands_the_room_to_the_first_admin_else_the_first_memb
 
 // ------------------------------------------------------- DMs and blocks
 
+async fn the_caller_of_a_new_dm_gets_its_create_and_join_before_the_ack(b: Backend) {
+    let node = TestNode::start(b).await;
+    let mut bob = user(&node, "bob").await;
+    let frames = bob.cmd(json!({"type":"dm","user":"alice"})).await;
+    let got: Vec<(Value, Value)> = frames
+        .iter()
+        .map(|f| (f["type"].clone(), f["seq"].clone()))
+        .collect();
+    assert_eq!(
+        got,
+        [
+            (json!("create"), json!(1)),
+            (json!("join"), json!(2)),
+            (json!("ack"), json!(2))
+        ],
+        "the events the dm caused, then its ack: {frames:?}"
+    );
+}
+
 async fn a_dm_is_one_private_room_per_pair_whoever_asks(b: Backend) {
     // The helper that computes the expected name is SHA-256.
     assert_eq!(
@@ -926,21 +949,24 @@ async fn a_dm_is_one_private_room_per_pair_whoever_asks(b: Backend) {
 
     // bob asks (his id sorts second): the name sorts the ids.
     let frames = bob.cmd(json!({"type":"dm","user":"alice"})).await;
-    assert_eq!(frames.len(), 3, "{frames:?}");
+    let (join, ack) = (&frames[frames.len() - 2], &frames[frames.len() - 1]);
+    let create = json!({"type":"create","room":dm,"seq":1,"user_id":"bob","private":true,"dm":true,"target":"alice"});
+    let join_by = json!({"type":"join","room":dm,"seq":2,"user_id":"alice","by":"bob"});
+    assert_eq!(short(join), join_by);
     assert_eq!(
-        short(&frames[0]),
-        json!({"type":"create","room":dm,"seq":1,"user_id":"bob","private":true,"dm":true,"target":"alice"})
-    );
-    assert_eq!(
-        short(&frames[1]),
-        json!({"type":"join","room":dm,"seq":2,"user_id":"alice","by":"bob"})
-    );
-    assert_eq!(
-        short(&frames[2]),
+        short(ack),
         json!({"type":"ack","command":"dm","room":dm,"seq":2,"with":"alice"})
     );
-    assert_eq!(frames[2]["id"], frames[1]["id"]);
+    assert_eq!(ack["id"], join["id"]);
     assert_eq!(alice.recv().await, notice("dm", &dm, 2, "bob"));
+    let page = bob.reply(json!({"type":"history","room":dm})).await;
+    let stored: Vec<Value> = page["events"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(short)
+        .collect();
+    assert_eq!(stored, [create, join_by]);
 
     // From the other side: the same room, nothing appended.
     let frames = alice.cmd(json!({"type":"dm","user":"bob"})).await;
@@ -963,23 +989,9 @@ async fn a_dm_is_one_private_room_per_pair_whoever_asks(b: Backend) {
         json!({"type":"ack","command":"dm","room":dm,"seq":3,"with":"alice"})
     );
     let rooms = bob.reply(json!({"type":"rooms"})).await;
-    let e = entry(&rooms["rooms"], &dm);
     assert_eq!(
-        (
-            &e["members"],
-            &e["last_seq"],
-            &e["private"],
-            &e["dm"],
-            &e["with"]
-        ),
-        (
-            &json!(2),
-            &json!(3),
-            &json!(true),
-            &json!(true),
-            &json!("alice")
-        ),
-        "{e}"
+        entry(&rooms["rooms"], &dm),
+        json!({"name":dm,"members":2,"last_seq":3,"private":true,"dm":true,"with":"alice","role":"member"})
     );
 
     // Nobody else, ever.
@@ -1518,15 +1530,6 @@ async fn join_with_since_replays_moderation_exactly_as_history_reads_it(b: Backe
         .await;
     assert_eq!(page["events"], json!(replay), "replay and history differ");
     assert_eq!(page["more"], false);
-    let (status, rest_page) = rest(
-        &node,
-        "GET",
-        &format!("/rooms/p/events?since={since}&user_id=bob"),
-        None,
-    )
-    .await;
-    assert_eq!(status, 200, "{rest_page}");
-    assert_eq!(rest_page["events"], json!(replay), "replay and REST differ");
     // Live events follow.
     carol.ok(say("live")).await;
     assert_eq!(event(&mut back, "message").await["seq"], 20);
@@ -1949,8 +1952,13 @@ async fn in_token_mode_get_rooms_adds_the_token_users_private_rooms(b: Backend) 
     let (_, list) = get_as(&node, "eve", "/rooms").await;
     assert_eq!(names(&list), ["pub"]);
 
-    let (status, page) = get_as(&node, "alice", "/rooms/priv/events").await;
+    // The member reads it like its socket's history.
+    let (status, page) = get_as(&node, "alice", "/rooms/priv/events?since=0").await;
     assert_eq!(status, 200, "{page}");
+    let socket = alice
+        .reply(json!({"type":"history","room":"priv","since":0}))
+        .await;
+    assert_eq!(page["events"], socket["events"]);
     assert_eq!(page["events"].as_array().map(Vec::len), Some(2), "{page}");
     for path in ["/rooms/{}/events", "/rooms/{}/members", "/rooms/{}/bans"] {
         let seen = get_as(&node, "eve", &path.replace("{}", "priv")).await;
