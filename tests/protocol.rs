@@ -250,7 +250,10 @@ async fn rooms_and_members_report_state_and_presence(b: Backend) {
     let rooms = a.reply(json!({"type":"rooms"})).await;
     assert_eq!(
         rooms["rooms"],
-        json!([{"name":"alpha","members":1,"last_seq":1},{"name":"beta","members":2,"last_seq":2}])
+        json!([
+            {"name":"alpha","members":1,"last_seq":1,"private":false,"dm":false,"role":"owner"},
+            {"name":"beta","members":2,"last_seq":2,"private":false,"dm":false,"role":"owner"}
+        ])
     );
     let online = |m: &Value, who: &str| {
         m["members"]
@@ -466,7 +469,7 @@ async fn rest_api_reads_and_posts_like_the_socket(b: Backend) {
     assert_eq!(status, 200);
     assert_eq!(
         serde_json::from_str::<Value>(&body).unwrap(),
-        json!([{"name":"r","members":1,"last_seq":2}])
+        json!([{"name":"r","members":1,"last_seq":2,"private":false,"dm":false}])
     );
 
     let (status, body) = node.http("GET", "/health", None).await;
