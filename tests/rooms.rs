@@ -1889,6 +1889,16 @@ async fn rest_routes_answer_like_the_commands(b: Backend) {
         "invalid_field",
     )
     .await;
+    let e = rest_err(
+        n,
+        "DELETE",
+        "/blocks/carol",
+        json!({}),
+        400,
+        "invalid_field",
+    )
+    .await;
+    assert!(e["message"].as_str().unwrap().contains("user_id"), "{e}");
     let v = rest_ok(n, "DELETE", "/blocks/carol", json!({"user_id":"bob"}), 200).await;
     assert_eq!(v, json!({"type":"ack","command":"unblock"}));
     let v = rest_ok(n, "POST", "/dm/bob", json!({"user_id":"carol"}), 200).await;
