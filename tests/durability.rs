@@ -292,8 +292,7 @@ async fn folding_the_log_gives_the_stored_rooms_and_members(b: Backend) {
     a.ok(json!({"type":"invite","room":"three","user":"v"}))
         .await;
     u.ok(json!({"type":"join","room":"three"})).await;
-    a.ok(json!({"type":"kick","room":"three","user":"u"}))
-        .await;
+    a.ok(json!({"type":"kick","room":"three","user":"u"})).await;
     v.ok(json!({"user_id":"v","type":"join","room":"one"}))
         .await;
     a.ok(json!({"type":"ban","room":"one","user":"v","reason":"r"}))
@@ -372,10 +371,16 @@ async fn folding_the_log_gives_the_stored_rooms_and_members(b: Backend) {
     assert_eq!(invited, stored_invited);
     // Each room's owner column agrees with its members' roles.
     for (name, row) in &snap.rooms {
-        let owner = members
-            .get(name.as_str())
-            .and_then(|m| m.iter().find(|(_, r)| *r == "owner").map(|(u, _)| u.clone()));
-        assert_eq!(row.owner.as_ref().map(|o| o.to_string()), owner, "owner of {name}");
+        let owner = members.get(name.as_str()).and_then(|m| {
+            m.iter()
+                .find(|(_, r)| *r == "owner")
+                .map(|(u, _)| u.clone())
+        });
+        assert_eq!(
+            row.owner.as_ref().map(|o| o.to_string()),
+            owner,
+            "owner of {name}"
+        );
     }
     assert_eq!(members["two"]["v"], "owner");
     assert_eq!(members["one"]["u"], "owner");
