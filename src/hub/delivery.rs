@@ -35,6 +35,9 @@ pub struct Appended {
     /// Whether the origin's connection is subscribed to the room (`create`,
     /// `join`, `dm`).
     pub subscribes: bool,
+    /// Whether this waiter acks; `false` for the one that rides the first of
+    /// several events only to subscribe the connection before them (a new DM).
+    pub ack: bool,
 }
 
 impl ChatServer {
@@ -240,6 +243,7 @@ impl ChatServer {
                         command,
                         with,
                         subscribes: false,
+                        ack: true,
                     };
                     self.finish(waiter, true)
                 }
@@ -273,17 +277,43 @@ impl ChatServer {
                         continue;
                     };
                     let last = events.len() - 1;
+                    let subscribes = request.op.subscribes();
+                    // The connection that caused several events is subscribed
+                    // at the first, so that it gets all of them before its ack.
+                    let mut first = match (&origin, subscribes && last > 0) {
+                        (Origin::Conn { conn, received, .. }, true) => Some(Appended {
+                            origin: Origin::Conn {
+                                conn: *conn,
+                                reference: None,
+                                since: None,
+                                received: *received,
+                            },
+                            event: acked.clone(),
+                            command,
+                            with: None,
+                            subscribes: true,
+                            ack: false,
+                        }),
+                        _ => None,
+                    };
                     let mut waiter = Some(Appended {
                         origin,
                         event: acked,
                         command,
                         with,
-                        subscribes: request.op.subscribes(),
+                        subscribes,
+                        ack: true,
                     });
                     for (i, event) in events.iter().enumerate() {
                         let live = LiveEvent::of(event);
                         appended.push(live.clone());
-                        let w = if i == last { waiter.take() } else { None };
+                        let w = if i == last {
+                            waiter.take()
+                        } else if i == 0 {
+                            first.take()
+                        } else {
+                            None
+                        };
                         self.receive(live, w, ctx);
                     }
                 }
@@ -379,8 +409,8 @@ impl ChatServer {
                 };
                 self.run_replay(who, event.room, since, event.seq, ctx);
             }
-            (Some(w), _) => self.finish(w, false),
-            (None, _) => {}
+            (Some(w), _) if w.ack => self.finish(w, false),
+            (Some(_), _) | (None, _) => {}
         }
     }
 
@@ -428,6 +458,7 @@ impl ChatServer {
             command,
             with,
             subscribes,
+            ..
         } = waiter;
         let ack = Ack {
             reference: origin.reference(),
@@ -492,7 +523,9 @@ impl ChatServer {
                 self.send(*conn, event.to_json().into());
             }
         }
-        self.finish(waiter, false);
+        if waiter.ack {
+            self.finish(waiter, false);
+        }
     }
 
     /// A join that added no event (the user was a member): subscribe, replay, ack.

@@ -280,9 +280,11 @@ async fn load(
     let blockers: Vec<&str> = keys.blocks.iter().map(|(a, _)| a.as_str()).collect();
     let blocked: Vec<&str> = keys.blocks.iter().map(|(_, b)| b.as_str()).collect();
     let block_params: Params<'_, 2> = [&blockers, &blocked];
-    // A batch of messages and leaves needs no invitation, ban or block:
-    // those reads are skipped (empty arrays cost a round trip's share only).
-    let (member_rows, invite_rows, ban_rows, block_rows) = if keys.moderation {
+    // A batch of messages and leaves in public rooms needs no invitation,
+    // ban or block: those reads are skipped. In a private room an
+    // invitation decides between `no_such_room` and `not_a_member`.
+    let private = loaded.rooms.values().any(|r| r.private);
+    let (member_rows, invite_rows, ban_rows, block_rows) = if keys.moderation || private {
         futures_util::try_join!(
             tx.query(&members, &pair_params),
             tx.query(&invites, &pair_params),

@@ -206,6 +206,9 @@ fn load(tx: &rusqlite::Transaction<'_>, batch: &[AppendRequest]) -> Result<Loade
     let mut ban = tx.prepare_cached(
         "SELECT by_user, reason, seq FROM room_bans WHERE room = ?1 AND user_id = ?2",
     )?;
+    // As in the PostgreSQL store: messages and leaves in public rooms need
+    // no invitation or ban.
+    let moderation = keys.moderation || loaded.rooms.values().any(|r| r.private);
     for key in keys.pairs.iter() {
         let args = [key.0.as_str(), key.1.as_str()];
         if let Some(m) = member
@@ -218,6 +221,9 @@ fn load(tx: &rusqlite::Transaction<'_>, batch: &[AppendRequest]) -> Result<Loade
             .optional()?
         {
             loaded.members.insert(key.clone(), m);
+        }
+        if !moderation {
+            continue;
         }
         if let Some(i) = invite
             .query_row(args, |r| {
