@@ -26,6 +26,7 @@ on_both_stores!(
     resume_and_history_give_the_log_with_each_messages_current_state,
     rest_routes_answer_like_the_commands,
     a_deleted_messages_text_is_in_no_row_of_the_database,
+    a_private_room_answers_an_outsider_no_such_room_and_an_invitee_not_a_member,
 );
 
 // ---------------------------------------------------------------- helpers
@@ -1459,6 +1460,46 @@ async fn resume_and_history_give_the_log_with_each_messages_current_state(b: Bac
         frames,
         history(&mut eve, "r", 0).await[..last as usize].to_vec()
     );
+}
+
+// ---------------------------------------------------------------- private rooms
+
+async fn a_private_room_answers_an_outsider_no_such_room_and_an_invitee_not_a_member(b: Backend) {
+    let node = TestNode::start(b).await;
+    let mut alice = user(&node, "alice").await;
+    let mut bob = user(&node, "bob").await; // invited, not joined
+    let mut dave = user(&node, "dave").await; // an outsider
+    alice
+        .ok(json!({"type":"create","room":"p","private":true}))
+        .await; // 1
+    let m = post(&mut alice, "p", "private").await; // 2
+    alice
+        .ok(json!({"type":"invite","room":"p","user":"bob"}))
+        .await; // 3
+    let cmds = [
+        json!({"type":"edit","room":"p","seq":m,"message":"x"}),
+        json!({"type":"delete","room":"p","seq":m}),
+        json!({"type":"react","room":"p","seq":m,"emoji":"👍"}),
+        json!({"type":"unreact","room":"p","seq":m,"emoji":"👍"}),
+        json!({"type":"typing","room":"p","typing":true}),
+        json!({"type":"read","room":"p","seq":m}),
+        json!({"type":"message","room":"p","message":"x","reply_to":m}),
+    ];
+    for cmd in &cmds {
+        let e = dave.err(cmd.clone(), "no_such_room").await;
+        assert_eq!(e["room"], "p", "{e}");
+        let e = bob.err(cmd.clone(), "not_a_member").await;
+        assert_eq!(e["room"], "p", "{e}");
+    }
+    rest_err(
+        &node,
+        "/rooms/p/react",
+        json!({"user_id":"dave","seq":m,"emoji":"👍"}),
+        404,
+        "no_such_room",
+    )
+    .await;
+    assert_eq!(room_entry(&mut alice, "p").await["last_seq"], 3);
 }
 
 // ---------------------------------------------------------------- REST
