@@ -6,7 +6,7 @@
 //! not exist. Also `block`, the one write that is not an event.
 
 use crate::metrics::Metrics;
-use crate::protocol::{BanInfo, HistoryRange, ProtoError, Role, RoomName, UserId};
+use crate::protocol::{BanInfo, HistoryRange, ProtoError, Role, RoomName, Seq, UserId};
 use crate::store::{EventStore, Need, Page, StoreError};
 
 /// A store failure, logged and answered `unavailable`: its text never
@@ -69,7 +69,7 @@ pub async fn members(
     metrics: &Metrics,
     room: &RoomName,
     reader: Option<&UserId>,
-) -> Result<Vec<(UserId, Role)>, ProtoError> {
+) -> Result<Vec<(UserId, Role, Seq)>, ProtoError> {
     check(store, metrics, room, reader, Need::Visible).await?;
     store
         .members(room)
@@ -89,6 +89,37 @@ pub async fn bans(
         .bans(room)
         .await
         .map_err(|e| unavailable(metrics, "bans read", Some(room), e))
+}
+
+/// `read`: moves `reader`'s marker forward (a member's: checked in the
+/// store): the marker after, and whether it moved.
+pub async fn mark_read(
+    store: &dyn EventStore,
+    metrics: &Metrics,
+    room: &RoomName,
+    reader: &UserId,
+    seq: Seq,
+) -> Result<(Seq, bool), ProtoError> {
+    check(store, metrics, room, Some(reader), Need::Member).await?;
+    match store.mark_read(room, reader, seq).await {
+        Ok(Some(marker)) => Ok(marker),
+        Ok(None) => Err(ProtoError::invalid_field(format!(
+            "seq {seq} is past the last event of room {room}"
+        ))),
+        Err(e) => Err(unavailable(metrics, "read marker", Some(room), e)),
+    }
+}
+
+/// The unread counts of every room `user` is a member of.
+pub async fn unread(
+    store: &dyn EventStore,
+    metrics: &Metrics,
+    user: &UserId,
+) -> Result<Vec<(RoomName, u64, u64)>, ProtoError> {
+    store
+        .unread(user)
+        .await
+        .map_err(|e| unavailable(metrics, "unread counts", None, e))
 }
 
 /// `block` (`on`) or `unblock`.
@@ -141,22 +172,18 @@ mod tests {
 
     fn page(n: i64, text: usize) -> Page {
         let events = (1..=n)
-            .map(|seq| Event {
-                kind: EventKind::Message,
-                room: RoomName::parse("g").unwrap(),
-                seq,
-                id: seq,
-                user_id: UserId::parse("u").unwrap(),
-                message: Some("x".repeat(text)),
-                client_msg_id: None,
-                target: None,
-                role: None,
-                reason: None,
-                private: false,
-                dm: false,
-                by: None,
-                node: "n".into(),
-                at: now_micros(),
+            .map(|seq| {
+                let mut ev = Event::new(
+                    EventKind::Message,
+                    RoomName::parse("g").unwrap(),
+                    seq,
+                    UserId::parse("u").unwrap(),
+                    "n".into(),
+                    now_micros(),
+                );
+                ev.id = seq;
+                ev.message = Some("x".repeat(text));
+                ev
             })
             .collect();
         Page {

@@ -14,7 +14,7 @@ use bytestring::ByteString;
 use tokio::sync::oneshot;
 
 use crate::protocol::ProtoError;
-use crate::protocol::{Command, Event, EventKind, Facts, Ref, RoomInfo, RoomName, Seq, UserId};
+use crate::protocol::{Command, Event, EventKind, Facts, Ref, RoomName, Seq, UserId};
 use crate::store::{AppendOutcome, AppendRequest};
 
 /// A local connection's id, unique for the life of the node.
@@ -113,13 +113,6 @@ pub struct Request {
     pub command: Command,
     /// When the session read the command (for the ack latency histogram).
     pub received: Instant,
-}
-
-/// `GET /rooms`: the rooms `user` may see (`None`: the public ones).
-#[derive(Message)]
-#[rtype(result = "Vec<RoomInfo>")]
-pub struct ListRooms {
-    pub user: Option<UserId>,
 }
 
 /// Whether each user is online (for `GET /rooms/{room}/members`).

@@ -42,7 +42,15 @@ impl AppendJob {
             AppendOp::Message {
                 text,
                 client_msg_id,
-            } => text.len() + client_msg_id.as_ref().map_or(0, String::len),
+                mentions,
+                ..
+            } => {
+                text.len()
+                    + client_msg_id.as_ref().map_or(0, String::len)
+                    + mentions.iter().map(|m| m.as_str().len()).sum::<usize>()
+            }
+            AppendOp::Edit { text, .. } => text.len(),
+            AppendOp::React { emoji, .. } => emoji.len(),
             _ => 0,
         };
         r.room.as_str().len() + r.user.as_str().len() + op + 128
@@ -214,7 +222,7 @@ mod tests {
     use async_trait::async_trait;
 
     use super::*;
-    use crate::protocol::{BanInfo, ErrorCode, HistoryRange, Role, RoomName, UserId};
+    use crate::protocol::{BanInfo, ErrorCode, HistoryRange, Role, RoomName, Seq, UserId};
     use crate::store::{Access, Page, Snapshot};
 
     /// Fails a batch holding the text "poison" as a database refuses a
@@ -278,8 +286,19 @@ mod tests {
         async fn access(&self, _: &RoomName, _: Option<&UserId>) -> Result<Access, StoreError> {
             Ok(Access::default())
         }
-        async fn members(&self, _: &RoomName) -> Result<Vec<(UserId, Role)>, StoreError> {
+        async fn members(&self, _: &RoomName) -> Result<Vec<(UserId, Role, Seq)>, StoreError> {
             Ok(Vec::new())
+        }
+        async fn unread(&self, _: &UserId) -> Result<Vec<(RoomName, u64, u64)>, StoreError> {
+            Ok(Vec::new())
+        }
+        async fn mark_read(
+            &self,
+            _: &RoomName,
+            _: &UserId,
+            _: Seq,
+        ) -> Result<Option<(Seq, bool)>, StoreError> {
+            Ok(None)
         }
         async fn bans(&self, _: &RoomName) -> Result<Vec<BanInfo>, StoreError> {
             Ok(Vec::new())
@@ -304,6 +323,8 @@ mod tests {
                 op: AppendOp::Message {
                     text: (*t).into(),
                     client_msg_id: None,
+                    reply_to: None,
+                    mentions: Vec::new(),
                 },
             })
             .collect()

@@ -251,8 +251,10 @@ async fn rooms_and_members_report_state_and_presence(b: Backend) {
     assert_eq!(
         rooms["rooms"],
         json!([
-            {"name":"alpha","members":1,"last_seq":1,"private":false,"dm":false,"role":"owner"},
-            {"name":"beta","members":2,"last_seq":2,"private":false,"dm":false,"role":"owner"}
+            {"name":"alpha","members":1,"last_seq":1,"private":false,"dm":false,"role":"owner",
+             "unread":0,"mentions_unread":0},
+            {"name":"beta","members":2,"last_seq":2,"private":false,"dm":false,"role":"owner",
+             "unread":0,"mentions_unread":0}
         ])
     );
     let online = |m: &Value, who: &str| {

@@ -991,7 +991,8 @@ async fn a_dm_is_one_private_room_per_pair_whoever_asks(b: Backend) {
     let rooms = bob.reply(json!({"type":"rooms"})).await;
     assert_eq!(
         entry(&rooms["rooms"], &dm),
-        json!({"name":dm,"members":2,"last_seq":3,"private":true,"dm":true,"with":"alice","role":"member"})
+        json!({"name":dm,"members":2,"last_seq":3,"private":true,"dm":true,"with":"alice","role":"member",
+               "unread":0,"mentions_unread":0})
     );
 
     // Nobody else, ever.
@@ -1214,10 +1215,21 @@ async fn rooms_and_members_show_each_user_what_it_may_see_with_its_role(b: Backe
         let mut e = json!({"name":"pub","members":2,"last_seq":2,"private":false,"dm":false});
         if let Some(r) = role {
             e["role"] = json!(r);
+            // A member's entry counts its unread messages (none here).
+            e["unread"] = json!(0);
+            e["mentions_unread"] = json!(0);
         }
         e
     };
-    let private = |role: &str| json!({"name":"priv","members":1,"last_seq":2,"private":true,"dm":false,"role":role});
+    let private = |role: &str| {
+        let mut e =
+            json!({"name":"priv","members":1,"last_seq":2,"private":true,"dm":false,"role":role});
+        if role != "invited" {
+            e["unread"] = json!(0);
+            e["mentions_unread"] = json!(0);
+        }
+        e
+    };
 
     let rooms = alice.reply(json!({"type":"rooms"})).await;
     assert_eq!(names(&rooms["rooms"]), [dm.as_str(), "priv", "pub"]);
@@ -1227,7 +1239,8 @@ async fn rooms_and_members_show_each_user_what_it_may_see_with_its_role(b: Backe
     d.as_object_mut().unwrap().remove("role");
     assert_eq!(
         d,
-        json!({"name":dm,"members":2,"last_seq":2,"private":true,"dm":true,"with":"dave"})
+        json!({"name":dm,"members":2,"last_seq":2,"private":true,"dm":true,"with":"dave",
+               "unread":0,"mentions_unread":0})
     );
 
     let rooms = bob.reply(json!({"type":"rooms"})).await;
@@ -1248,14 +1261,14 @@ async fn rooms_and_members_show_each_user_what_it_may_see_with_its_role(b: Backe
     assert_eq!(
         m["members"],
         json!([
-            {"user_id":"alice","online":true,"role":"owner"},
-            {"user_id":"bob","online":true,"role":"member"},
+            {"user_id":"alice","online":true,"role":"owner","read_seq":1},
+            {"user_id":"bob","online":true,"role":"member","read_seq":2},
         ])
     );
     let m = alice.reply(json!({"type":"members","room":"priv"})).await;
     assert_eq!(
         m["members"],
-        json!([{"user_id":"alice","online":true,"role":"owner"}])
+        json!([{"user_id":"alice","online":true,"role":"owner","read_seq":1}])
     );
     // A member of the private room sees it; promoted, the role changes.
     carol.ok(json!({"type":"join","room":"priv"})).await;
@@ -1270,7 +1283,8 @@ async fn rooms_and_members_show_each_user_what_it_may_see_with_its_role(b: Backe
     let rooms = carol.reply(json!({"type":"rooms"})).await;
     assert_eq!(
         entry(&rooms["rooms"], "priv"),
-        json!({"name":"priv","members":2,"last_seq":4,"private":true,"dm":false,"role":"admin"})
+        json!({"name":"priv","members":2,"last_seq":4,"private":true,"dm":false,"role":"admin",
+               "unread":0,"mentions_unread":0})
     );
 }
 
@@ -1955,7 +1969,8 @@ async fn in_token_mode_get_rooms_adds_the_token_users_private_rooms(b: Backend) 
     assert_eq!(names(&list), ["priv", "pub"]);
     assert_eq!(
         entry(&list, "priv"),
-        json!({"name":"priv","members":1,"last_seq":2,"private":true,"dm":false,"role":"owner"})
+        json!({"name":"priv","members":1,"last_seq":2,"private":true,"dm":false,"role":"owner",
+               "unread":0,"mentions_unread":0})
     );
     let (_, list) = get_as(&node, "bob", "/rooms").await;
     assert_eq!(entry(&list, "priv")["role"], "invited", "{list}");

@@ -394,13 +394,13 @@ async fn an_old_database_upgrades_and_keeps_everything(b: Backend) {
     let mut db = Db::open(&store).await;
     assert_eq!(
         db.int("SELECT count(*) FROM refinery_schema_history").await,
-        2,
-        "the new migration is recorded"
+        3,
+        "the new migrations are recorded"
     );
     assert_eq!(
         db.int("SELECT max(version) FROM refinery_schema_history")
             .await,
-        2
+        3
     );
     drop(db);
 
@@ -625,7 +625,7 @@ async fn an_old_database_upgrades_and_keeps_everything(b: Backend) {
     let mut db = Db::open(&store).await;
     assert_eq!(
         db.int("SELECT count(*) FROM refinery_schema_history").await,
-        2,
+        3,
         "a restart applies nothing more"
     );
 }

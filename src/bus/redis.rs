@@ -169,10 +169,7 @@ async fn publisher(
                 seq: ev.seq,
                 kind: ev.kind,
                 user: ev.user.clone(),
-                to: ev
-                    .facts
-                    .notice(ev.kind, &ev.user)
-                    .map(|(_, to, _)| to.clone()),
+                to: ev.facts.addressed_to(ev.kind, &ev.user).cloned(),
             };
             pipe.cmd("PUBLISH")
                 .arg(&channel)

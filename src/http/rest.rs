@@ -5,7 +5,8 @@
 //! - `GET /rooms`, `GET /rooms/{room}/events` (a `history` page),
 //!   `GET /rooms/{room}/members`, `GET /rooms/{room}/bans`;
 //! - `POST /rooms` (`create`), `POST /rooms/{room}/messages` (`message`),
-//!   `POST /rooms/{room}/{join|leave|invite|uninvite|kick|ban|unban|role}`;
+//!   `POST /rooms/{room}/{join|leave|invite|uninvite|kick|ban|unban|role}`,
+//!   `POST /rooms/{room}/{edit|delete|react|unreact|read}`;
 //! - `POST /dm/{user}`, `POST /blocks/{user}`, `DELETE /blocks/{user}`.
 //!
 //! The caller is the token's user in token mode, else `user_id` from the
@@ -21,7 +22,7 @@ use tokio::sync::oneshot;
 
 use super::{error_response, rest_user};
 use crate::history;
-use crate::messages::{ListRooms, Post};
+use crate::messages::{HttpDone, Post};
 use crate::node::NodeContext;
 use crate::protocol::{
     Command, CommandLimits, ErrorCode, Fields, History, ProtoError, Reply, RoomName, UserId,
@@ -41,6 +42,11 @@ const ROOM_ACTIONS: &[(&str, &str)] = &[
     ("ban", "ban"),
     ("unban", "unban"),
     ("role", "set_role"),
+    ("edit", "edit"),
+    ("delete", "delete"),
+    ("react", "react"),
+    ("unreact", "unreact"),
+    ("read", "read"),
 ];
 
 pub fn routes(cfg: &mut web::ServiceConfig) {
@@ -60,12 +66,35 @@ async fn rooms(req: HttpRequest, node: web::Data<NodeContext>) -> HttpResponse {
         Ok(user) => user,
         Err(e) => return error_response(&e, None),
     };
-    match node.server.send(ListRooms { user }).await {
-        Ok(rooms) => HttpResponse::Ok().json(rooms),
-        Err(e) => {
-            log::error!("the chat server did not answer /rooms: {e}");
-            error_response(&ProtoError::internal(), None)
+    // The `rooms` reply a socket of this user would get; the route answers
+    // with its list.
+    match post(&node, user, Command::Rooms).await {
+        Ok(done) => {
+            let reply: Value = serde_json::from_str(&done.body).unwrap_or_default();
+            HttpResponse::Ok().json(&reply["rooms"])
         }
+        Err(e) => error_response(&e, None),
+    }
+}
+
+/// Hands a command to the ChatServer and waits for its outcome.
+async fn post(
+    node: &NodeContext,
+    user: Option<UserId>,
+    command: Command,
+) -> Result<HttpDone, ProtoError> {
+    let (tx, rx) = oneshot::channel();
+    let post = Post {
+        user,
+        command,
+        reply: tx,
+    };
+    if node.server.try_send(post).is_err() {
+        return Err(ProtoError::unavailable());
+    }
+    match tokio::time::timeout(POST_TIMEOUT, rx).await {
+        Ok(Ok(outcome)) => outcome,
+        Ok(Err(_)) | Err(_) => Err(ProtoError::unavailable()),
     }
 }
 
@@ -275,17 +304,8 @@ async fn submit(
         Ok(p) => p,
         Err(e) => return error_response(&e, room.as_ref()),
     };
-    let (tx, rx) = oneshot::channel();
-    let post = Post {
-        user,
-        command,
-        reply: tx,
-    };
-    if node.server.try_send(post).is_err() {
-        return error_response(&ProtoError::unavailable(), room.as_ref());
-    }
-    match tokio::time::timeout(POST_TIMEOUT, rx).await {
-        Ok(Ok(Ok(done))) => {
+    match post(node, user, command).await {
+        Ok(done) => {
             let (status, body) = match done.event {
                 Some(event) if done.duplicate => (StatusCode::OK, event.to_json()),
                 Some(event) => (StatusCode::CREATED, event.to_json()),
@@ -296,7 +316,6 @@ async fn submit(
                 .content_type("application/json")
                 .body(body)
         }
-        Ok(Ok(Err(e))) => error_response(&e, room.as_ref()),
-        Ok(Err(_)) | Err(_) => error_response(&ProtoError::unavailable(), room.as_ref()),
+        Err(e) => error_response(&e, room.as_ref()),
     }
 }

@@ -3,6 +3,7 @@
 //! an event) and what it reads from the store (`history`, `members`,
 //! `bans`, and `block`, which writes the caller's own state).
 
+use std::collections::HashMap;
 use std::future::Future;
 
 use actix::prelude::*;
@@ -12,7 +13,7 @@ use crate::hub::ChatServer;
 use crate::messages::{ConnId, HttpDone, Origin, Request};
 use crate::protocol::{
     reply_frame, Ack, Act, BanInfo, Command, ErrorCode, MemberInfo, ProtoError, Ref, Reply, Role,
-    RoomInfo, RoomName, UserId,
+    RoomInfo, RoomName, Seq, UserId,
 };
 use crate::store::{AppendOp, AppendRequest, Page};
 use crate::writer::AppendJob;
@@ -20,9 +21,13 @@ use crate::writer::AppendJob;
 /// What a read from the store gives, to be answered on the actor.
 enum Answer {
     History(RoomName, Page),
-    Members(RoomName, Vec<(UserId, Role)>),
+    Members(RoomName, Vec<(UserId, Role, Seq)>),
     Bans(RoomName, Vec<BanInfo>),
     Done(&'static str),
+    /// `rooms` for a user: the unread counts of its rooms.
+    Rooms(Option<UserId>, HashMap<RoomName, (u64, u64)>),
+    /// `read`: the marker after, and whether it moved.
+    Read(UserId, RoomName, Seq, bool),
 }
 
 impl ChatServer {
@@ -62,12 +67,35 @@ impl ChatServer {
         let room = command.room().cloned();
         let (room, op) = match command {
             Command::Rooms => {
-                let rooms = self.room_infos(user.as_ref());
-                let frame = reply_frame(&Reply::Rooms {
-                    reference: origin.reference(),
-                    rooms: &rooms,
-                });
-                return self.answer(origin, frame);
+                let Some(user) = user else {
+                    let rooms = self.room_infos(None, &HashMap::new());
+                    let frame = reply_frame(&Reply::Rooms {
+                        reference: origin.reference(),
+                        rooms: &rooms,
+                    });
+                    return self.answer(origin, frame);
+                };
+                let (store, metrics) = (self.store.clone(), self.metrics.clone());
+                let fut = async move {
+                    let unread = history::unread(&*store, &metrics, &user).await?;
+                    let unread = unread.into_iter().map(|(r, n, m)| (r, (n, m))).collect();
+                    Ok(Answer::Rooms(Some(user), unread))
+                };
+                return self.answer_later(origin, None, fut, ctx);
+            }
+            Command::Typing(t) => return self.typing(t, user, origin),
+            Command::Read(r) => {
+                let Some(user) = user else {
+                    let err = ProtoError::invalid_field("user_id is required");
+                    return self.reply_error(origin, room.as_ref(), err);
+                };
+                let (store, metrics) = (self.store.clone(), self.metrics.clone());
+                let fut = async move {
+                    let (seq, moved) =
+                        history::mark_read(&*store, &metrics, &r.room, &user, r.seq).await?;
+                    Ok(Answer::Read(user, r.room, seq, moved))
+                };
+                return self.answer_later(origin, room, fut, ctx);
             }
             Command::Ping => {
                 let frame = reply_frame(&Reply::Pong {
@@ -136,6 +164,32 @@ impl ChatServer {
                 AppendOp::Message {
                     text: m.text,
                     client_msg_id: m.client_msg_id,
+                    reply_to: m.reply_to,
+                    mentions: m.mentions,
+                },
+            ),
+            Command::Edit(e) => (
+                e.room,
+                AppendOp::Edit {
+                    target: e.seq,
+                    text: e.text,
+                    client_msg_id: e.client_msg_id,
+                },
+            ),
+            Command::Delete(d) => (
+                d.room,
+                AppendOp::Delete {
+                    target: d.seq,
+                    client_msg_id: d.client_msg_id,
+                },
+            ),
+            Command::React(r) => (
+                r.room,
+                AppendOp::React {
+                    target: r.seq,
+                    emoji: r.emoji,
+                    on: r.on,
+                    client_msg_id: r.client_msg_id,
                 },
             ),
             Command::Moderate(m) => {
@@ -221,10 +275,11 @@ impl ChatServer {
                 Answer::Members(room, list) => {
                     let members: Vec<MemberInfo> = list
                         .into_iter()
-                        .map(|(user_id, role)| MemberInfo {
+                        .map(|(user_id, role, read_seq)| MemberInfo {
                             online: act.presence.is_online(&user_id),
                             user_id,
                             role,
+                            read_seq,
                         })
                         .collect();
                     reply_frame(&Reply::Members {
@@ -243,6 +298,31 @@ impl ChatServer {
                     command,
                     ..Ack::default()
                 })),
+                Answer::Rooms(user, unread) => {
+                    let rooms = act.room_infos(user.as_ref(), &unread);
+                    reply_frame(&Reply::Rooms {
+                        reference,
+                        rooms: &rooms,
+                    })
+                }
+                Answer::Read(user, room, seq, moved) => {
+                    let frame = reply_frame(&Reply::Ack(Ack {
+                        reference,
+                        command: "read",
+                        room: Some(&room),
+                        seq: Some(seq),
+                        unchanged: (!moved).then_some(true),
+                        ..Ack::default()
+                    }));
+                    if moved {
+                        let except = match &origin {
+                            Origin::Conn { conn, .. } => Some(*conn),
+                            Origin::Http(_) => None,
+                        };
+                        act.read_moved(&user, &room, seq, except);
+                    }
+                    frame
+                }
             };
             act.answer(origin, frame);
         }));
@@ -298,9 +378,14 @@ impl ChatServer {
     }
 
     /// The rooms `user` may see (`None`: the public ones), by name, with
-    /// their member counts and last seqs as this node has delivered them.
-    pub(super) fn room_infos(&self, user: Option<&UserId>) -> Vec<RoomInfo> {
-        self.rooms.infos(self.sequencer.rooms(), user)
+    /// their member counts and last seqs as this node has delivered them,
+    /// and the unread counts the store gave.
+    pub(super) fn room_infos(
+        &self,
+        user: Option<&UserId>,
+        unread: &HashMap<RoomName, (u64, u64)>,
+    ) -> Vec<RoomInfo> {
+        self.rooms.infos(self.sequencer.rooms(), user, unread)
     }
 }
 

@@ -18,7 +18,7 @@ use crate::hub::ChatServer;
 use crate::messages::{Committed, ConnId, Deliver, HttpDone, LiveEvent, Origin, Resync};
 use crate::protocol::error_frame;
 use crate::protocol::{
-    reply_frame, Ack, Event, EventKind, ProtoError, Ref, Reply, RoomName, Seq, UserId,
+    reply_frame, Ack, Event, EventKind, NoticeKind, ProtoError, Ref, Reply, RoomName, Seq, UserId,
 };
 use crate::store::{AppendOp, AppendOutcome};
 
@@ -38,6 +38,8 @@ pub struct Appended {
     /// Whether this waiter acks; `false` for the one that rides the first of
     /// several events only to subscribe the connection before them (a new DM).
     pub ack: bool,
+    /// A `message`'s mentions of users who are not members.
+    pub dropped: Vec<UserId>,
 }
 
 impl ChatServer {
@@ -239,21 +241,27 @@ impl ChatServer {
                 Ok(AppendOutcome::Duplicate(event)) => {
                     let waiter = Appended {
                         origin,
-                        event,
+                        event: *event,
                         command,
                         with,
                         subscribes: false,
                         ack: true,
+                        dropped: Vec::new(),
                     };
                     self.finish(waiter, true)
                 }
-                Ok(AppendOutcome::Unchanged { last_seq }) => {
+                Ok(
+                    outcome @ (AppendOutcome::Unchanged { last_seq }
+                    | AppendOutcome::Repeated { last_seq }),
+                ) => {
+                    let repeated = matches!(outcome, AppendOutcome::Repeated { .. });
                     let ack = Ack {
                         reference: origin.reference(),
                         command,
                         room: Some(room),
                         seq: Some(last_seq),
-                        unchanged: Some(true),
+                        unchanged: (!repeated).then_some(true),
+                        duplicate: repeated.then_some(true),
                         ..Ack::default()
                     };
                     let frame = reply_frame(&Reply::Ack(ack));
@@ -293,8 +301,17 @@ impl ChatServer {
                             with: None,
                             subscribes: true,
                             ack: false,
+                            dropped: Vec::new(),
                         }),
                         _ => None,
+                    };
+                    let dropped = match &request.op {
+                        AppendOp::Message { mentions, .. } => mentions
+                            .iter()
+                            .filter(|m| !acked.mentions.contains(m))
+                            .cloned()
+                            .collect(),
+                        _ => Vec::new(),
                     };
                     let mut waiter = Some(Appended {
                         origin,
@@ -303,6 +320,7 @@ impl ChatServer {
                         with,
                         subscribes,
                         ack: true,
+                        dropped,
                     });
                     for (i, event) in events.iter().enumerate() {
                         let live = LiveEvent::of(event);
@@ -406,6 +424,7 @@ impl ChatServer {
                     conn,
                     reference,
                     received,
+                    with: None,
                 };
                 self.run_replay(who, event.room, since, event.seq, ctx);
             }
@@ -419,6 +438,9 @@ impl ChatServer {
     /// Every node does this for the events it delivers, so the notice
     /// reaches the user's connections cluster-wide.
     fn notify_user(&mut self, event: &LiveEvent) {
+        if !event.facts.mentions.is_empty() {
+            self.notify_mentions(event);
+        }
         let Some((kind, to, by)) = event.facts.notice(event.kind, &event.user) else {
             return;
         };
@@ -435,6 +457,33 @@ impl ChatServer {
         });
         for conn in conns {
             self.send(conn, frame.clone());
+        }
+    }
+
+    /// A `mention` notice to each connection of a mentioned member that is
+    /// not subscribed to the room (a subscribed one has the message itself).
+    fn notify_mentions(&mut self, event: &LiveEvent) {
+        let frame: ByteString = reply_frame(&Reply::Notice {
+            kind: NoticeKind::Mention,
+            room: &event.room,
+            seq: event.seq,
+            by: &event.user,
+            reason: None,
+        });
+        for user in &event.facts.mentions {
+            let conns: Vec<ConnId> = self
+                .registry
+                .conns_of_user(user)
+                .into_iter()
+                .filter(|id| {
+                    self.registry
+                        .get(*id)
+                        .is_some_and(|c| !c.rooms.contains(&event.room))
+                })
+                .collect();
+            for conn in conns {
+                self.send(conn, frame.clone());
+            }
         }
     }
 
@@ -458,6 +507,7 @@ impl ChatServer {
             command,
             with,
             subscribes,
+            dropped,
             ..
         } = waiter;
         let ack = Ack {
@@ -468,6 +518,7 @@ impl ChatServer {
             id: Some(event.id),
             duplicate: duplicate.then_some(true),
             with: with.as_ref(),
+            dropped_mentions: &dropped,
             ..Ack::default()
         };
         let frame = reply_frame(&Reply::Ack(ack));
@@ -517,6 +568,7 @@ impl ChatServer {
                         conn: *conn,
                         reference: reference.clone(),
                         received: *received,
+                        with: None,
                     };
                     return self.start_replay(who, &event.room, *since, upto, ctx);
                 }
@@ -530,7 +582,7 @@ impl ChatServer {
 
     /// A join that added no event (the user was a member): subscribe, replay, ack.
     /// `stored_last` is the room's last seq in the store, which this node may lag.
-    /// A `dm` between two members acks at once, with this node's last seq.
+    /// A `dm` between two members takes the same path, with its own ack.
     fn join_member(
         &mut self,
         origin: Origin,
@@ -567,20 +619,6 @@ impl ChatServer {
         if !self.subscribe(conn, room) {
             return;
         }
-        if with.is_some() {
-            self.metrics
-                .ack_latency
-                .observe(received.elapsed().as_secs_f64());
-            let ack = Ack {
-                reference: reference.as_ref(),
-                command,
-                room: Some(room),
-                seq: Some(local),
-                with,
-                ..Ack::default()
-            };
-            return self.send_ack(conn, ack);
-        }
         // A join without `since` on a node that lags the store starts where
         // the store was, like a resume from there.
         let resumed = since.is_some();
@@ -596,6 +634,7 @@ impl ChatServer {
                         reference,
                         resumed,
                         received,
+                        with: with.cloned(),
                     },
                 );
             }
@@ -604,6 +643,7 @@ impl ChatServer {
                     conn,
                     reference,
                     received,
+                    with: None,
                 };
                 self.start_replay(who, room, since, local, ctx)
             }
@@ -615,9 +655,10 @@ impl ChatServer {
                     conn,
                     Ack {
                         reference: reference.as_ref(),
-                        command: "join",
+                        command,
                         room: Some(room),
                         seq: Some(local),
+                        with,
                         ..Ack::default()
                     },
                 )

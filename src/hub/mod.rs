@@ -14,6 +14,7 @@
 
 mod commands;
 mod delivery;
+mod ephemeral;
 pub mod outbox;
 pub mod presence;
 pub mod registry;
@@ -22,19 +23,21 @@ pub mod replay;
 pub mod rooms;
 pub mod sequencer;
 
+use std::collections::HashMap;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
+use std::time::Instant;
 
 use actix::prelude::*;
 
 use crate::bus::BusHandle;
 use crate::config::Config;
 use crate::messages::{
-    Committed, ConnId, Connect, Deliver, Disconnect, Identify, ListRooms, LiveEvent, LocalPresence,
-    Online, Origin, PeerEvents, Post, RemotePresence, Request, Resync, Shutdown,
+    Committed, ConnId, Connect, Deliver, Disconnect, Identify, LiveEvent, LocalPresence, Online,
+    Origin, PeerEvents, Post, RemotePresence, Request, Resync, Shutdown,
 };
 use crate::metrics::Metrics;
-use crate::protocol::{ProtoError, UserId};
+use crate::protocol::{ProtoError, RoomName, UserId};
 use crate::store::{EventStore, Snapshot};
 use crate::writer::WriterHandle;
 
@@ -76,6 +79,8 @@ pub struct ChatServer {
     outbox: Outbox,
     replays: Replays,
     presence: Presence,
+    /// When each (room, user) last had a `typing: true` forwarded.
+    typing: HashMap<(RoomName, UserId), Instant>,
     shutting_down: bool,
 }
 
@@ -129,6 +134,7 @@ impl ChatServer {
             registry: Registry::default(),
             replays: Replays::default(),
             presence: Presence::default(),
+            typing: HashMap::new(),
             shutting_down: false,
         }
     }
@@ -206,7 +212,11 @@ impl Handler<PeerEvents> for ChatServer {
     fn handle(&mut self, msg: PeerEvents, ctx: &mut Context<Self>) {
         self.batch(|act| {
             for event in msg.events {
-                act.receive(event, None, ctx);
+                if event.kind.ephemeral() {
+                    act.ephemeral(event);
+                } else {
+                    act.receive(event, None, ctx);
+                }
             }
         });
     }
@@ -233,14 +243,6 @@ impl Handler<LocalPresence> for ChatServer {
 
     fn handle(&mut self, _: LocalPresence, _: &mut Context<Self>) -> Self::Result {
         MessageResult(self.presence.local_users())
-    }
-}
-
-impl Handler<ListRooms> for ChatServer {
-    type Result = MessageResult<ListRooms>;
-
-    fn handle(&mut self, msg: ListRooms, _: &mut Context<Self>) -> Self::Result {
-        MessageResult(self.room_infos(msg.user.as_ref()))
     }
 }
 

@@ -12,7 +12,7 @@ use bytestring::ByteString;
 use crate::hub::ChatServer;
 use crate::messages::ConnId;
 use crate::messages::FRAME_OVERHEAD;
-use crate::protocol::{Ack, HistoryRange, ProtoError, Ref, RoomName, Seq};
+use crate::protocol::{Ack, HistoryRange, ProtoError, Ref, RoomName, Seq, UserId};
 
 /// The least JSON an event takes (an empty-ish `join`): with it, a replay
 /// too long for the byte cap is refused before anything is read.
@@ -40,6 +40,8 @@ pub struct Waiting {
     /// Whether the client asked with `since` (its ack says `recovered`).
     pub resumed: bool,
     pub received: Instant,
+    /// A `dm`'s other user (the ack is then a `dm`'s, not a `join`'s).
+    pub with: Option<UserId>,
 }
 
 #[derive(Default)]
@@ -238,10 +240,11 @@ impl ChatServer {
             end.conn,
             Ack {
                 reference: end.reference.as_ref(),
-                command: "join",
+                command: if end.with.is_some() { "dm" } else { "join" },
                 room: Some(room),
                 seq: Some(last),
                 recovered,
+                with: end.with.as_ref(),
                 ..Ack::default()
             },
         );
@@ -258,6 +261,7 @@ impl ChatServer {
                 conn: w.conn,
                 reference: w.reference,
                 received: w.received,
+                with: w.with,
             };
             self.end_replay(who, recovered, room, Vec::new());
         }
@@ -270,6 +274,8 @@ pub(super) struct Resumer {
     pub reference: Option<Ref>,
     /// When the session read the join (for the ack latency).
     pub received: Instant,
+    /// A `dm`'s other user (the ack is then a `dm`'s).
+    pub with: Option<UserId>,
 }
 
 #[cfg(test)]
@@ -327,6 +333,7 @@ mod tests {
             reference: None,
             resumed: true,
             received: Instant::now(),
+            with: None,
         };
         r.start(ConnId(1), &room(), 8, true);
         r.add_waiting(&room(), w(1));

@@ -86,7 +86,14 @@ impl RoomState {
                     }
                 }
             }
-            EventKind::Message | EventKind::Unban => {}
+            EventKind::Message
+            | EventKind::Unban
+            | EventKind::Edit
+            | EventKind::Delete
+            | EventKind::React
+            | EventKind::Unreact
+            | EventKind::Typing
+            | EventKind::Read => {}
         }
     }
 
@@ -159,11 +166,13 @@ impl Rooms {
 
     /// The `rooms` reply for `user` (`None`: an anonymous connection, or the
     /// REST API in open mode): the rooms it may see, with `rooms`' fields,
-    /// in the order of `seqs` (each room's last delivered seq, by name).
+    /// in the order of `seqs` (each room's last delivered seq, by name), and
+    /// the unread counts of its rooms as the store gave them.
     pub fn infos(
         &self,
         seqs: impl IntoIterator<Item = (RoomName, Seq)>,
         user: Option<&UserId>,
+        unread: &HashMap<RoomName, (u64, u64)>,
     ) -> Vec<RoomInfo> {
         seqs.into_iter()
             .filter_map(|(name, last_seq)| {
@@ -183,6 +192,8 @@ impl Rooms {
                     dm: state.dm.is_some(),
                     with,
                     role: user.and_then(|u| state.standing(u)),
+                    unread: unread.get(&name).map(|u| u.0),
+                    mentions_unread: unread.get(&name).map(|u| u.1),
                     name,
                 })
             })
@@ -257,15 +268,15 @@ mod tests {
         rooms.apply(&ev(EventKind::Create, "a", private));
         rooms.apply(&ev(EventKind::Invite, "a", on("b")));
         let seqs = || vec![(RoomName::parse("r").unwrap(), 2)];
-        assert_eq!(rooms.infos(seqs(), None), vec![]);
-        assert_eq!(rooms.infos(seqs(), Some(&u("c"))), vec![]);
-        let b = rooms.infos(seqs(), Some(&u("b")));
+        assert_eq!(rooms.infos(seqs(), None, &HashMap::new()), vec![]);
+        assert_eq!(rooms.infos(seqs(), Some(&u("c")), &HashMap::new()), vec![]);
+        let b = rooms.infos(seqs(), Some(&u("b")), &HashMap::new());
         assert_eq!(b[0].role, Some(Standing::Invited));
         assert!(b[0].private);
         rooms.apply(&ev(EventKind::Uninvite, "a", on("b")));
-        assert_eq!(rooms.infos(seqs(), Some(&u("b"))), vec![]);
+        assert_eq!(rooms.infos(seqs(), Some(&u("b")), &HashMap::new()), vec![]);
         assert_eq!(
-            rooms.infos(seqs(), Some(&u("a")))[0].role,
+            rooms.infos(seqs(), Some(&u("a")), &HashMap::new())[0].role,
             Some(Standing::Owner)
         );
     }
@@ -285,11 +296,11 @@ mod tests {
         };
         rooms.apply(&ev(EventKind::Join, "b", by));
         let seqs = || vec![(RoomName::parse("r").unwrap(), 2)];
-        let b = rooms.infos(seqs(), Some(&u("b")));
+        let b = rooms.infos(seqs(), Some(&u("b")), &HashMap::new());
         assert_eq!((b[0].dm, b[0].with.clone()), (true, Some(u("a"))));
         assert_eq!(b[0].members, 2);
         assert_eq!(
-            rooms.infos(seqs(), Some(&u("a")))[0].role,
+            rooms.infos(seqs(), Some(&u("a")), &HashMap::new())[0].role,
             Some(Standing::Member)
         );
     }

@@ -25,6 +25,11 @@ const MIGRATIONS: &[(&str, &str, &str)] = &[
         include_str!("../../sql/0002_rooms_with_owners.sql"),
         include_str!("../../sql/sqlite/0002_rooms_with_owners.sql"),
     ),
+    (
+        "V3__messages_that_live",
+        include_str!("../../sql/0003_messages_that_live.sql"),
+        include_str!("../../sql/sqlite/0003_messages_that_live.sql"),
+    ),
 ];
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -19,11 +19,13 @@ use async_trait::async_trait;
 
 use crate::config::StoreConfig;
 use crate::protocol::{
-    BanInfo, ErrorCode, Event, HistoryRange, ProtoError, Role, RoomName, Seq, UserId,
+    BanInfo, ErrorCode, Event, EventKind, HistoryRange, ProtoError, Role, RoomName, Seq, Target,
+    UserId, MAX_REACTION_USERS,
 };
 
 pub use plan::{
-    plan, sorted, BanRow, Invitation, Keys, Loaded, Membership, NewRoom, Plan, RoomRow,
+    plan, sorted, BanRow, Invitation, Keys, Loaded, Membership, MessageRow, NewRoom, Plan, RoomRow,
+    StateRow,
 };
 
 /// Why the store could not do what it was asked. Never shown to clients: they
@@ -98,6 +100,24 @@ pub enum AppendOp {
     Message {
         text: String,
         client_msg_id: Option<String>,
+        reply_to: Option<Seq>,
+        mentions: Vec<UserId>,
+    },
+    Edit {
+        target: Seq,
+        text: String,
+        client_msg_id: Option<String>,
+    },
+    Delete {
+        target: Seq,
+        client_msg_id: Option<String>,
+    },
+    /// `react` (`on`) or `unreact`.
+    React {
+        target: Seq,
+        emoji: String,
+        on: bool,
+        client_msg_id: Option<String>,
     },
     Invite {
         target: UserId,
@@ -140,6 +160,29 @@ impl AppendOp {
         }
     }
 
+    /// The message the op acts on (`edit`, `delete`, `react`, `unreact`) or
+    /// answers (`reply_to`).
+    pub fn target_seq(&self) -> Option<Seq> {
+        match self {
+            AppendOp::Edit { target, .. }
+            | AppendOp::Delete { target, .. }
+            | AppendOp::React { target, .. } => Some(*target),
+            AppendOp::Message { reply_to, .. } => *reply_to,
+            _ => None,
+        }
+    }
+
+    /// The op's `client_msg_id`, if it has one.
+    pub fn client_msg_id(&self) -> Option<&str> {
+        match self {
+            AppendOp::Message { client_msg_id, .. }
+            | AppendOp::Edit { client_msg_id, .. }
+            | AppendOp::Delete { client_msg_id, .. }
+            | AppendOp::React { client_msg_id, .. } => client_msg_id.as_deref(),
+            _ => None,
+        }
+    }
+
     /// The command's name, as its `ack` says it.
     pub fn command(&self) -> &'static str {
         match self {
@@ -147,6 +190,10 @@ impl AppendOp {
             AppendOp::Join => "join",
             AppendOp::Leave => "leave",
             AppendOp::Message { .. } => "message",
+            AppendOp::Edit { .. } => "edit",
+            AppendOp::Delete { .. } => "delete",
+            AppendOp::React { on: true, .. } => "react",
+            AppendOp::React { .. } => "unreact",
             AppendOp::Invite { .. } => "invite",
             AppendOp::Uninvite { .. } => "uninvite",
             AppendOp::Kick { .. } => "kick",
@@ -174,11 +221,13 @@ pub enum AppendOutcome {
     /// a DM's `create`, then the `join`s).
     Appended(Vec<Event>),
     /// A message whose `client_msg_id` was used before: the original event.
-    Duplicate(Event),
+    Duplicate(Box<Event>),
     /// A join (or `dm`) by a member: no event; the room's last seq at the time.
     AlreadyMember { last_seq: Seq },
     /// Nothing to change (an invitee's `invite`, `set_role` to the same role).
     Unchanged { last_seq: Seq },
+    /// Done before (a second `react` of the same emoji): acked as a duplicate.
+    Repeated { last_seq: Seq },
     /// Refused by the rules of the protocol.
     Refused(Refusal),
 }
@@ -197,6 +246,9 @@ pub enum Refusal {
     NotBanned,
     /// Another node created the DM while this batch looked: retry.
     Busy,
+    NoSuchEvent,
+    NotAuthor,
+    NoSuchReaction,
 }
 
 impl Refusal {
@@ -233,6 +285,18 @@ impl Refusal {
             Refusal::NotBanned => ProtoError::new(
                 ErrorCode::NotBanned,
                 format!("{who} is not banned from room {room}"),
+            ),
+            Refusal::NoSuchEvent => ProtoError::new(
+                ErrorCode::NoSuchEvent,
+                format!("room {room} has no such message (or it was deleted)"),
+            ),
+            Refusal::NotAuthor => ProtoError::new(
+                ErrorCode::NotAuthor,
+                "only the author of a message may edit it",
+            ),
+            Refusal::NoSuchReaction => ProtoError::new(
+                ErrorCode::NoSuchReaction,
+                "you have not reacted to that message with that emoji",
             ),
             Refusal::Busy => ProtoError::new(
                 ErrorCode::Unavailable,
@@ -329,8 +393,22 @@ pub trait EventStore: Send + Sync + 'static {
     /// What `reader` is to `room`, read from the store (not a node's memory).
     async fn access(&self, room: &RoomName, reader: Option<&UserId>) -> Result<Access, StoreError>;
 
-    /// A room's members with their roles, in the order they joined.
-    async fn members(&self, room: &RoomName) -> Result<Vec<(UserId, Role)>, StoreError>;
+    /// A room's members with their roles and read markers, in the order they joined.
+    async fn members(&self, room: &RoomName) -> Result<Vec<(UserId, Role, Seq)>, StoreError>;
+
+    /// For each room `user` is a member of: its unread messages and, of
+    /// those, the ones that mention it (docs/protocol.md, Read markers).
+    async fn unread(&self, user: &UserId) -> Result<Vec<(RoomName, u64, u64)>, StoreError>;
+
+    /// Moves `user`'s read marker in `room` forward to `seq` (a member's,
+    /// checked by the caller): the marker after, and whether it moved.
+    /// `None` when `seq` is past the room's last seq.
+    async fn mark_read(
+        &self,
+        room: &RoomName,
+        user: &UserId,
+        seq: Seq,
+    ) -> Result<Option<(Seq, bool)>, StoreError>;
 
     /// A room's bans, by seq.
     async fn bans(&self, room: &RoomName) -> Result<Vec<BanInfo>, StoreError>;
@@ -415,12 +493,26 @@ struct EventData {
     dm: bool,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     by: Option<UserId>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    reply_to: Option<Seq>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    mentions: Vec<UserId>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    emoji: Option<String>,
 }
 
 /// An event's `data` column; `None` for the kinds that have none (a plain
 /// message stays as cheap to store as before).
 pub(crate) fn event_data(ev: &Event) -> Option<String> {
-    if ev.role.is_none() && ev.reason.is_none() && !ev.private && !ev.dm && ev.by.is_none() {
+    if ev.role.is_none()
+        && ev.reason.is_none()
+        && !ev.private
+        && !ev.dm
+        && ev.by.is_none()
+        && ev.reply_to.is_none()
+        && ev.mentions.is_empty()
+        && ev.emoji.is_none()
+    {
         return None;
     }
     serde_json::to_string(&EventData {
@@ -429,17 +521,34 @@ pub(crate) fn event_data(ev: &Event) -> Option<String> {
         private: ev.private,
         dm: ev.dm,
         by: ev.by.clone(),
+        reply_to: ev.reply_to,
+        mentions: ev.mentions.clone(),
+        emoji: ev.emoji.clone(),
     })
     .ok()
 }
 
-/// Sets an event's fields from its `target` and `data` columns.
+/// An event's `target` as stored: a user in `target`, a message in `target_seq`.
+pub(crate) fn event_target(ev: &Event) -> (Option<&str>, Option<Seq>) {
+    match &ev.target {
+        Some(Target::User(u)) => (Some(u.as_str()), None),
+        Some(Target::Seq(s)) => (None, Some(*s)),
+        None => (None, None),
+    }
+}
+
+/// Sets an event's fields from its `target`, `target_seq` and `data` columns.
 pub(crate) fn set_event_data(
     ev: &mut Event,
     target: Option<String>,
+    target_seq: Option<Seq>,
     data: Option<&str>,
 ) -> Result<(), StoreError> {
-    ev.target = target.map(UserId::trusted);
+    ev.target = match (target, target_seq) {
+        (Some(u), _) => Some(Target::User(UserId::trusted(u))),
+        (None, Some(s)) => Some(Target::Seq(s)),
+        (None, None) => None,
+    };
     if let Some(data) = data {
         let d: EventData = serde_json::from_str(data)
             .map_err(|e| StoreError::Other(anyhow::anyhow!("event data {data}: {e}")))?;
@@ -448,11 +557,82 @@ pub(crate) fn set_event_data(
         ev.private = d.private;
         ev.dm = d.dm;
         ev.by = d.by;
+        ev.reply_to = d.reply_to;
+        ev.mentions = d.mentions;
+        ev.emoji = d.emoji;
     }
     Ok(())
+}
+
+/// The `message_state` columns of a row, as read beside an event.
+pub(crate) struct StateColumns {
+    pub text: Option<String>,
+    pub edited: Option<i64>,
+    pub deleted_by: Option<String>,
+    pub state_seq: Option<Seq>,
+}
+
+/// Puts a message's current state on its event: the latest text, `edited`,
+/// `deleted` and who deleted it, `state_seq` (reactions: [`set_reactions`]).
+pub(crate) fn set_state(ev: &mut Event, state: StateColumns) {
+    let Some(state_seq) = state.state_seq else {
+        return;
+    };
+    ev.state_seq = Some(state_seq);
+    ev.edited = u32::try_from(state.edited.unwrap_or(0)).unwrap_or(u32::MAX);
+    if ev.edited > 0 {
+        ev.message = state.text;
+    }
+    if let Some(by) = state.deleted_by {
+        ev.deleted = true;
+        ev.deleted_by = Some(UserId::trusted(by));
+        ev.message = None;
+    }
+}
+
+/// The messages of `events` whose state may hold reactions (those with a state row).
+pub(crate) fn stateful_seqs(events: &[Event]) -> Vec<Seq> {
+    events
+        .iter()
+        .filter(|e| e.kind == EventKind::Message && e.state_seq.is_some())
+        .map(|e| e.seq)
+        .collect()
+}
+
+/// Puts reactions, `(seq, emoji, user)` in the order they were made, on
+/// the messages of `events`: per emoji the count and the first users.
+pub(crate) fn set_reactions(events: &mut [Event], rows: Vec<(Seq, String, UserId)>) {
+    for (seq, emoji, user) in rows {
+        if let Some(ev) = events
+            .iter_mut()
+            .find(|e| e.seq == seq && e.kind == EventKind::Message)
+        {
+            let r = ev.reactions.entry(emoji).or_default();
+            r.count += 1;
+            if r.users.len() < MAX_REACTION_USERS {
+                r.users.push(user);
+            }
+        }
+    }
 }
 
 /// A role as stored in `room_members.role`.
 pub(crate) fn role_from_db(s: &str) -> Result<Role, StoreError> {
     Role::parse(s).ok_or_else(|| StoreError::Other(anyhow::anyhow!("stored role {s}")))
 }
+
+/// `unread` for both stores: per room the user is a member of, the messages
+/// after its marker that are not its own and not deleted, and of those the
+/// ones that mention it. `$1` is the user.
+pub(crate) const UNREAD_SQL: &str = "SELECT m.room,
+    (SELECT count(*) FROM events e
+      WHERE e.room = m.room AND e.seq > m.read_seq AND e.type = 'message'
+        AND e.user_id <> m.user_id
+        AND NOT EXISTS (SELECT 1 FROM message_state s
+                        WHERE s.room = e.room AND s.seq = e.seq AND s.deleted_by IS NOT NULL)),
+    (SELECT count(*) FROM mentions x JOIN events e ON e.room = x.room AND e.seq = x.seq
+      WHERE x.room = m.room AND x.user_id = m.user_id AND x.seq > m.read_seq
+        AND e.user_id <> m.user_id
+        AND NOT EXISTS (SELECT 1 FROM message_state s
+                        WHERE s.room = x.room AND s.seq = x.seq AND s.deleted_by IS NOT NULL))
+    FROM room_members m WHERE m.user_id = $1";

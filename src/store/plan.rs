@@ -13,7 +13,7 @@ use std::collections::{HashMap, HashSet};
 use chrono::{DateTime, Utc};
 
 use super::{AppendOp, AppendOutcome, AppendRequest, Refusal};
-use crate::protocol::{Event, EventKind, Role, RoomName, Seq, UserId};
+use crate::protocol::{Event, EventKind, Role, RoomName, Seq, Target, UserId};
 
 /// A room as a batch sees it (the `rooms` row).
 #[derive(Debug, Clone, Default, PartialEq)]
@@ -56,6 +56,34 @@ pub struct BanRow {
     pub seq: Seq,
 }
 
+/// A message's current state beside the log (`message_state`): made the
+/// first time an edit, delete or reaction needs it.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct StateRow {
+    /// The latest edit's text (`None` before any edit, and once deleted).
+    pub text: Option<String>,
+    pub edited: u32,
+    pub deleted_by: Option<UserId>,
+    /// The seq of the last event folded into the state.
+    pub state_seq: Seq,
+}
+
+/// A `message` event that a batch acts on or answers.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MessageRow {
+    pub author: UserId,
+    pub state: Option<StateRow>,
+}
+
+impl MessageRow {
+    fn deleted(&self) -> bool {
+        self.state.as_ref().is_some_and(|s| s.deleted_by.is_some())
+    }
+}
+
+/// A reaction: (room, message seq, emoji, user).
+pub type ReactionKey = (RoomName, Seq, String, UserId);
+
 /// A room a batch may create.
 #[derive(Debug, Clone, PartialEq)]
 pub struct NewRoom {
@@ -87,8 +115,12 @@ pub struct Loaded {
     /// For the rooms of [`Keys::succession`]: members outside the batch's
     /// pairs who could inherit the room, best first (admins, then by join).
     pub successors: HashMap<RoomName, Vec<(UserId, Membership)>>,
-    /// Stored messages whose (room, user, client_msg_id) the batch repeats.
+    /// Stored events whose (room, user, client_msg_id) the batch repeats.
     pub sent: HashMap<(RoomName, UserId, String), Event>,
+    /// The `message` events the batch acts on or answers ([`Keys::messages`]).
+    pub messages: HashMap<(RoomName, Seq), MessageRow>,
+    /// Reactions among [`Keys::reactions`] that exist.
+    pub reactions: HashSet<ReactionKey>,
 }
 
 /// What a batch writes: the stores turn this into SQL.
@@ -107,6 +139,16 @@ pub struct Plan {
     pub invites: Vec<(Pair, Option<Invitation>)>,
     /// Bans the batch changed, as at its end.
     pub bans: Vec<(Pair, Option<BanRow>)>,
+    /// Message states the batch changed, as at its end.
+    pub states: Vec<((RoomName, Seq), StateRow)>,
+    /// Messages the batch deleted: their text, and their edits', goes.
+    pub redact: Vec<(RoomName, Seq)>,
+    /// Reactions the batch added (`Some(seq of the react)`) or removed.
+    pub reactions: Vec<(ReactionKey, Option<Seq>)>,
+    /// (room, seq, user) of every kept mention.
+    pub mentions: Vec<(RoomName, Seq, UserId)>,
+    /// Read markers that posting moves forward: (room, user, seq).
+    pub reads: Vec<(RoomName, UserId, Seq)>,
 }
 
 impl Plan {
@@ -141,8 +183,12 @@ pub struct Keys {
     /// (blocker, blocked): whether the users an `invite` or `dm` reaches
     /// blocked its caller.
     pub blocks: Vec<(UserId, UserId)>,
-    /// (room, user, client_msg_id) of the batch's messages.
+    /// (room, user, client_msg_id) of the batch's requests that have one.
     pub sent: Vec<(RoomName, UserId, String)>,
+    /// The messages the batch acts on or answers.
+    pub messages: Vec<(RoomName, Seq)>,
+    /// The reactions the batch adds or removes.
+    pub reactions: Vec<ReactionKey>,
     /// Whether any request needs invitations, bans or blocks (anything but
     /// messages and leaves): a batch of messages skips those reads.
     pub moderation: bool,
@@ -157,8 +203,27 @@ impl Keys {
         let mut pairs: HashSet<Pair> = HashSet::new();
         let mut blocks: HashSet<(UserId, UserId)> = HashSet::new();
         let mut sent: HashSet<(RoomName, UserId, String)> = HashSet::new();
+        let mut messages: HashSet<(RoomName, Seq)> = HashSet::new();
+        let mut reactions: HashSet<ReactionKey> = HashSet::new();
         for r in batch {
             pairs.insert((r.room.clone(), r.user.clone()));
+            if let Some(c) = r.op.client_msg_id() {
+                sent.insert((r.room.clone(), r.user.clone(), c.to_owned()));
+            }
+            if let Some(seq) = r.op.target_seq() {
+                messages.insert((r.room.clone(), seq));
+            }
+            match &r.op {
+                AppendOp::Message { mentions, .. } => {
+                    for m in mentions {
+                        pairs.insert((r.room.clone(), m.clone()));
+                    }
+                }
+                AppendOp::React { target, emoji, .. } => {
+                    reactions.insert((r.room.clone(), *target, emoji.clone(), r.user.clone()));
+                }
+                _ => {}
+            }
             if let Some(target) = r.op.target() {
                 pairs.insert((r.room.clone(), target.clone()));
             }
@@ -189,18 +254,19 @@ impl Keys {
                 AppendOp::Dm { other } => {
                     blocks.insert((other.clone(), r.user.clone()));
                 }
-                AppendOp::Message {
-                    client_msg_id: Some(c),
-                    ..
-                } => {
-                    sent.insert((r.room.clone(), r.user.clone(), c.clone()));
-                }
                 _ => {}
             }
         }
-        let moderation = batch
-            .iter()
-            .any(|r| !matches!(r.op, AppendOp::Message { .. } | AppendOp::Leave));
+        let moderation = batch.iter().any(|r| {
+            !matches!(
+                r.op,
+                AppendOp::Message { .. }
+                    | AppendOp::Leave
+                    | AppendOp::Edit { .. }
+                    | AppendOp::Delete { .. }
+                    | AppendOp::React { .. }
+            )
+        });
         Keys {
             moderation,
             rooms,
@@ -208,6 +274,8 @@ impl Keys {
             pairs: pairs.into_iter().collect(),
             blocks: blocks.into_iter().collect(),
             sent: sent.into_iter().collect(),
+            messages: messages.into_iter().collect(),
+            reactions: reactions.into_iter().collect(),
         }
     }
 
@@ -263,13 +331,7 @@ pub fn sorted(a: &UserId, b: &UserId) -> (UserId, UserId) {
 
 /// Decides every request of `batch` in order against what was loaded.
 pub fn plan(batch: &[AppendRequest], loaded: Loaded, node: &str, at: DateTime<Utc>) -> Plan {
-    let pairs: HashSet<Pair> = batch
-        .iter()
-        .flat_map(|r| {
-            let target = r.op.target().map(|t| (r.room.clone(), t.clone()));
-            std::iter::once((r.room.clone(), r.user.clone())).chain(target)
-        })
-        .collect();
+    let pairs: HashSet<Pair> = Keys::of(batch).pairs.into_iter().collect();
     let mut p = Planner {
         s: loaded,
         pairs,
@@ -280,6 +342,7 @@ pub fn plan(batch: &[AppendRequest], loaded: Loaded, node: &str, at: DateTime<Ut
         members_changed: HashSet::new(),
         invites_changed: HashSet::new(),
         bans_changed: HashSet::new(),
+        states_changed: Vec::new(),
     };
     for req in batch {
         let outcome = match p.decide(req) {
@@ -302,6 +365,7 @@ struct Planner<'a> {
     members_changed: HashSet<Pair>,
     invites_changed: HashSet<Pair>,
     bans_changed: HashSet<Pair>,
+    states_changed: Vec<(RoomName, Seq)>,
 }
 
 impl Planner<'_> {
@@ -362,25 +426,25 @@ impl Planner<'_> {
                 }
                 Ok(AppendOutcome::Appended(events))
             }
-            AppendOp::Message {
-                text,
-                client_msg_id,
-            } => {
-                if let Some(c) = client_msg_id {
-                    let sent = (room.clone(), user.clone(), c.clone());
+            op @ (AppendOp::Message { .. }
+            | AppendOp::Edit { .. }
+            | AppendOp::Delete { .. }
+            | AppendOp::React { .. }) => {
+                if let Some(c) = op.client_msg_id() {
+                    let sent = (room.clone(), user.clone(), c.to_owned());
                     if let Some(original) = self.s.sent.get(&sent) {
-                        return Ok(AppendOutcome::Duplicate(original.clone()));
+                        return Ok(AppendOutcome::Duplicate(Box::new(original.clone())));
                     }
                 }
-                let mut ev = self.event(room, EventKind::Message, user);
-                ev.message = Some(text.clone());
-                ev.client_msg_id = client_msg_id.clone();
-                if let Some(c) = client_msg_id {
-                    self.s
-                        .sent
-                        .insert((room.clone(), user.clone(), c.clone()), ev.clone());
+                let outcome = self.message_op(room, user, me.role, op)?;
+                if let (Some(c), AppendOutcome::Appended(events)) = (op.client_msg_id(), &outcome) {
+                    if let Some(ev) = events.first() {
+                        self.s
+                            .sent
+                            .insert((room.clone(), user.clone(), c.to_owned()), ev.clone());
+                    }
                 }
-                Ok(AppendOutcome::Appended(vec![ev]))
+                Ok(outcome)
             }
             op => {
                 if row.dm.is_some() {
@@ -389,6 +453,131 @@ impl Planner<'_> {
                 self.moderate(room, &row, user, me.role, op)
             }
         }
+    }
+
+    /// `message`, `edit`, `delete`, `react` and `unreact` by a member.
+    fn message_op(
+        &mut self,
+        room: &RoomName,
+        user: &UserId,
+        my: Role,
+        op: &AppendOp,
+    ) -> Result<AppendOutcome, Refusal> {
+        let key = op.target_seq().map(|seq| (room.clone(), seq));
+        let target = key.as_ref().and_then(|k| self.s.messages.get(k).cloned());
+        if let AppendOp::Message {
+            text,
+            client_msg_id,
+            reply_to,
+            mentions,
+        } = op
+        {
+            if reply_to.is_some() && target.is_none() {
+                return Err(Refusal::NoSuchEvent);
+            }
+            let kept: Vec<UserId> = mentions
+                .iter()
+                .filter(|m| self.member(room, m).is_some())
+                .cloned()
+                .collect();
+            let mut ev = self.event(room, EventKind::Message, user);
+            ev.message = Some(text.clone());
+            ev.client_msg_id = client_msg_id.clone();
+            ev.reply_to = *reply_to;
+            for m in &kept {
+                self.plan.mentions.push((room.clone(), ev.seq, m.clone()));
+            }
+            ev.mentions = kept;
+            self.s.messages.insert(
+                (room.clone(), ev.seq),
+                MessageRow {
+                    author: user.clone(),
+                    state: None,
+                },
+            );
+            self.plan.reads.push((room.clone(), user.clone(), ev.seq));
+            return Ok(AppendOutcome::Appended(vec![ev]));
+        }
+        let (Some(key), Some(target)) = (key, target) else {
+            return Err(Refusal::NoSuchEvent);
+        };
+        if target.deleted() {
+            return Err(Refusal::NoSuchEvent);
+        }
+        let mut state = target.state.clone().unwrap_or_default();
+        let mut ev = match op {
+            AppendOp::Edit {
+                text,
+                client_msg_id,
+                ..
+            } => {
+                if &target.author != user {
+                    return Err(Refusal::NotAuthor);
+                }
+                let mut ev = self.event(room, EventKind::Edit, user);
+                ev.message = Some(text.clone());
+                ev.client_msg_id = client_msg_id.clone();
+                state.text = Some(text.clone());
+                state.edited += 1;
+                ev
+            }
+            AppendOp::Delete { client_msg_id, .. } => {
+                if &target.author != user && !my.moderates() {
+                    return Err(Refusal::Forbidden);
+                }
+                let mut ev = self.event(room, EventKind::Delete, user);
+                ev.client_msg_id = client_msg_id.clone();
+                state.text = None;
+                state.deleted_by = Some(user.clone());
+                self.plan.redact.push(key.clone());
+                ev
+            }
+            AppendOp::React {
+                emoji,
+                on,
+                client_msg_id,
+                ..
+            } => {
+                let reaction = (room.clone(), key.1, emoji.clone(), user.clone());
+                let exists = self.s.reactions.contains(&reaction);
+                let last_seq = self.s.rooms.get(room).map_or(0, |r| r.last_seq);
+                match (on, exists) {
+                    (true, true) => return Ok(AppendOutcome::Repeated { last_seq }),
+                    (false, false) => return Err(Refusal::NoSuchReaction),
+                    _ => {}
+                }
+                let kind = if *on {
+                    EventKind::React
+                } else {
+                    EventKind::Unreact
+                };
+                let mut ev = self.event(room, kind, user);
+                ev.emoji = Some(emoji.clone());
+                ev.client_msg_id = client_msg_id.clone();
+                if *on {
+                    self.s.reactions.insert(reaction.clone());
+                    self.plan.reactions.push((reaction, Some(ev.seq)));
+                } else {
+                    self.s.reactions.remove(&reaction);
+                    self.plan.reactions.push((reaction, None));
+                }
+                ev
+            }
+            _ => return Err(Refusal::Forbidden),
+        };
+        ev.target = Some(Target::Seq(key.1));
+        state.state_seq = ev.seq;
+        self.s.messages.insert(
+            key.clone(),
+            MessageRow {
+                author: target.author,
+                state: Some(state),
+            },
+        );
+        if !self.states_changed.contains(&key) {
+            self.states_changed.push(key);
+        }
+        Ok(AppendOutcome::Appended(vec![ev]))
     }
 
     /// `invite`, `uninvite`, `kick`, `ban`, `unban` and `set_role` by a member
@@ -517,7 +706,7 @@ impl Planner<'_> {
             }
             _ => return Err(Refusal::Forbidden),
         };
-        ev.target = Some(target.clone());
+        ev.target = Some(Target::User(target.clone()));
         Ok(AppendOutcome::Appended(vec![ev]))
     }
 
@@ -540,7 +729,7 @@ impl Planner<'_> {
             let mut ev = self.event(room, EventKind::Create, user);
             ev.private = true;
             ev.dm = true;
-            ev.target = Some(other.clone());
+            ev.target = Some(Target::User(other.clone()));
             // Roles do not apply in a DM: two members, no owner.
             self.set_member(room, user, Role::Member, ev.seq);
             events.push(ev);
@@ -592,7 +781,7 @@ impl Planner<'_> {
             return None;
         };
         let mut ev = self.event(room, EventKind::Role, from);
-        ev.target = Some(heir.clone());
+        ev.target = Some(Target::User(heir.clone()));
         ev.role = Some(Role::Owner);
         self.set_role(room, &heir, Role::Owner);
         Some(ev)
@@ -687,23 +876,14 @@ impl Planner<'_> {
             self.touched.push(room.clone());
         }
 
-        Event {
+        Event::new(
             kind,
-            room: room.clone(),
-            seq: row.last_seq,
-            id: 0,
-            user_id: user.clone(),
-            message: None,
-            client_msg_id: None,
-            target: None,
-            role: None,
-            reason: None,
-            private: false,
-            dm: false,
-            by: None,
-            node: self.node.to_owned(),
-            at: self.at,
-        }
+            room.clone(),
+            row.last_seq,
+            user.clone(),
+            self.node.to_owned(),
+            self.at,
+        )
     }
 
     fn finish(mut self) -> Plan {
@@ -743,6 +923,14 @@ impl Planner<'_> {
             .map(|k| {
                 let i = self.s.invites.get(&k).cloned();
                 (k, i)
+            })
+            .collect();
+        self.plan.states = self
+            .states_changed
+            .iter()
+            .filter_map(|k| {
+                let state = self.s.messages.get(k)?.state.clone()?;
+                Some((k.clone(), state))
             })
             .collect();
         self.plan.bans = self

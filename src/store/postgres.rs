@@ -18,20 +18,24 @@ use tokio_postgres::{NoTls, Row};
 
 use super::migrations::{self, Dialect};
 use super::{
-    event_data, plan, role_from_db, set_event_data, Access, AppendOutcome, AppendRequest, BanRow,
-    EventStore, Invitation, Keys, Loaded, Membership, NewRoom, Page, PageQuery, Plan, RoomRow,
-    Snapshot, StoreError,
+    event_data, event_target, plan, role_from_db, set_event_data, set_reactions, set_state,
+    stateful_seqs, Access, AppendOutcome, AppendRequest, BanRow, EventStore, Invitation, Keys,
+    Loaded, Membership, MessageRow, NewRoom, Page, PageQuery, Plan, RoomRow, Snapshot,
+    StateColumns, StateRow, StoreError, UNREAD_SQL,
 };
 use crate::config::redact_url;
 use crate::protocol::{
-    now_micros, BanInfo, Event, EventKind, HistoryRange, Role, RoomName, UserId,
+    now_micros, BanInfo, Event, EventKind, HistoryRange, Role, RoomName, Seq, UserId,
 };
 
 /// Key of the advisory lock that serialises migrations between nodes starting together.
 const MIGRATION_LOCK: i64 = 0x636f_6e66_6162;
 
-const EVENT_COLUMNS: &str =
-    "id, room, seq, type, user_id, message, client_msg_id, node, at, target, data";
+/// Every event column, and the message's current state beside it.
+const EVENT_SELECT: &str = "SELECT e.id, e.room, e.seq, e.type, e.user_id, e.message,
+    e.client_msg_id, e.node, e.at, e.target, e.data, e.target_seq,
+    s.text, s.edited, s.deleted_by, s.state_seq
+    FROM events e LEFT JOIN message_state s ON s.room = e.room AND s.seq = e.seq";
 
 pub struct PgStore {
     pool: Pool,
@@ -119,26 +123,29 @@ async fn migrate(client: &mut deadpool_postgres::Client) -> anyhow::Result<()> {
 
 fn event_from_row(row: &Row) -> Result<Event, StoreError> {
     let kind: String = row.try_get(3)?;
-    let mut ev = Event {
-        id: row.try_get(0)?,
-        room: RoomName::trusted(row.try_get(1)?),
-        seq: row.try_get(2)?,
-        kind: EventKind::from_db(&kind)
+    let mut ev = Event::new(
+        EventKind::from_db(&kind)
             .ok_or_else(|| anyhow::anyhow!("unknown event type {kind} in events"))?,
-        user_id: UserId::trusted(row.try_get(4)?),
-        message: row.try_get(5)?,
-        client_msg_id: row.try_get(6)?,
-        target: None,
-        role: None,
-        reason: None,
-        private: false,
-        dm: false,
-        by: None,
-        node: row.try_get(7)?,
-        at: row.try_get::<_, DateTime<Utc>>(8)?,
-    };
+        RoomName::trusted(row.try_get(1)?),
+        row.try_get(2)?,
+        UserId::trusted(row.try_get(4)?),
+        row.try_get(7)?,
+        row.try_get::<_, DateTime<Utc>>(8)?,
+    );
+    ev.id = row.try_get(0)?;
+    ev.message = row.try_get(5)?;
+    ev.client_msg_id = row.try_get(6)?;
     let data: Option<&str> = row.try_get(10)?;
-    set_event_data(&mut ev, row.try_get(9)?, data)?;
+    set_event_data(&mut ev, row.try_get(9)?, row.try_get(11)?, data)?;
+    set_state(
+        &mut ev,
+        StateColumns {
+            text: row.try_get(12)?,
+            edited: row.try_get::<_, Option<i32>>(13)?.map(i64::from),
+            deleted_by: row.try_get(14)?,
+            state_seq: row.try_get(15)?,
+        },
+    );
     Ok(ev)
 }
 
@@ -371,10 +378,64 @@ async fn load(
         }
     }
 
+    if !keys.messages.is_empty() {
+        let messages = tx
+            .prepare_cached(
+                "SELECT e.room, e.seq, e.user_id, s.text, s.edited, s.deleted_by, s.state_seq
+                 FROM events e
+                 JOIN unnest($1::text[], $2::int8[]) AS k (r, q) ON e.room = k.r AND e.seq = k.q
+                 LEFT JOIN message_state s ON s.room = e.room AND s.seq = e.seq
+                 WHERE e.type = 'message'",
+            )
+            .await?;
+        let r: Vec<&str> = keys.messages.iter().map(|k| k.0.as_str()).collect();
+        let q: Vec<i64> = keys.messages.iter().map(|k| k.1).collect();
+        for row in tx.query(&messages, &[&r, &q]).await? {
+            let state_seq: Option<i64> = row.try_get(6)?;
+            let state = match state_seq {
+                Some(state_seq) => Some(StateRow {
+                    text: row.try_get(3)?,
+                    edited: row.try_get::<_, i32>(4)?.try_into().unwrap_or(0),
+                    deleted_by: row.try_get::<_, Option<String>>(5)?.map(UserId::trusted),
+                    state_seq,
+                }),
+                None => None,
+            };
+            loaded.messages.insert(
+                (RoomName::trusted(row.try_get(0)?), row.try_get(1)?),
+                MessageRow {
+                    author: UserId::trusted(row.try_get(2)?),
+                    state,
+                },
+            );
+        }
+    }
+    if !keys.reactions.is_empty() {
+        let reactions = tx
+            .prepare_cached(
+                "SELECT x.room, x.seq, x.emoji, x.user_id FROM reactions x
+                 JOIN unnest($1::text[], $2::int8[], $3::text[], $4::text[]) AS k (r, q, e, u)
+                   ON x.room = k.r AND x.seq = k.q AND x.emoji = k.e AND x.user_id = k.u",
+            )
+            .await?;
+        let r: Vec<&str> = keys.reactions.iter().map(|k| k.0.as_str()).collect();
+        let q: Vec<i64> = keys.reactions.iter().map(|k| k.1).collect();
+        let e: Vec<&str> = keys.reactions.iter().map(|k| k.2.as_str()).collect();
+        let u: Vec<&str> = keys.reactions.iter().map(|k| k.3.as_str()).collect();
+        for row in tx.query(&reactions, &[&r, &q, &e, &u]).await? {
+            loaded.reactions.insert((
+                RoomName::trusted(row.try_get(0)?),
+                row.try_get(1)?,
+                row.try_get(2)?,
+                UserId::trusted(row.try_get(3)?),
+            ));
+        }
+    }
+
     if !keys.sent.is_empty() {
         let sent = tx
             .prepare_cached(&format!(
-                "SELECT {EVENT_COLUMNS} FROM events e
+                "{EVENT_SELECT}
                  JOIN unnest($1::text[], $2::text[], $3::text[]) AS k (r, u, c)
                    ON e.room = k.r AND e.user_id = k.u AND e.client_msg_id = k.c"
             ))
@@ -393,6 +454,72 @@ async fn load(
         }
     }
     Ok((loaded, inserted_rooms))
+}
+
+/// Writes what a plan changed of messages: their states, deleted texts,
+/// reactions and mentions (a batch of plain messages has none: no statement).
+async fn write_messages(
+    tx: &deadpool_postgres::Transaction<'_>,
+    plan: &Plan,
+) -> Result<(), StoreError> {
+    if !plan.mentions.is_empty() {
+        let r: Vec<&str> = plan.mentions.iter().map(|m| m.0.as_str()).collect();
+        let q: Vec<i64> = plan.mentions.iter().map(|m| m.1).collect();
+        let u: Vec<&str> = plan.mentions.iter().map(|m| m.2.as_str()).collect();
+        tx.execute(
+            "INSERT INTO mentions (room, seq, user_id)
+             SELECT * FROM unnest($1::text[], $2::int8[], $3::text[]) ON CONFLICT DO NOTHING",
+            &[&r, &q, &u],
+        )
+        .await?;
+    }
+    for ((room, seq), s) in &plan.states {
+        let edited = i32::try_from(s.edited).unwrap_or(i32::MAX);
+        tx.execute(
+            "INSERT INTO message_state (room, seq, text, edited, deleted_by, state_seq)
+             VALUES ($1, $2, $3, $4, $5, $6)
+             ON CONFLICT (room, seq) DO UPDATE SET text = $3, edited = $4, deleted_by = $5,
+                                                   state_seq = $6",
+            &[
+                &room.as_str(),
+                seq,
+                &s.text,
+                &edited,
+                &s.deleted_by.as_ref().map(UserId::as_str),
+                &s.state_seq,
+            ],
+        )
+        .await?;
+    }
+    for (room, seq) in &plan.redact {
+        tx.execute(
+            "UPDATE events SET message = NULL
+             WHERE room = $1 AND (seq = $2 OR (target_seq = $2 AND type = 'edit'))",
+            &[&room.as_str(), seq],
+        )
+        .await?;
+    }
+    for ((room, seq, emoji, user), at) in &plan.reactions {
+        match at {
+            Some(at) => {
+                tx.execute(
+                    "INSERT INTO reactions (room, seq, emoji, user_id, at_seq)
+                     VALUES ($1, $2, $3, $4, $5) ON CONFLICT DO NOTHING",
+                    &[&room.as_str(), seq, emoji, &user.as_str(), at],
+                )
+                .await?
+            }
+            None => {
+                tx.execute(
+                    "DELETE FROM reactions WHERE room = $1 AND seq = $2 AND emoji = $3
+                     AND user_id = $4",
+                    &[&room.as_str(), seq, emoji, &user.as_str()],
+                )
+                .await?
+            }
+        };
+    }
+    Ok(())
 }
 
 /// Writes a plan's invitations and bans, and removes the rooms `load`
@@ -489,11 +616,11 @@ impl EventStore for PgStore {
         let insert_events = tx
             .prepare_cached(
                 "INSERT INTO events (room, seq, type, user_id, message, client_msg_id, node, at,
-                                     target, data)
-                 SELECT r, s, t, u, m, c, $7, $8, x, d
+                                     target, data, target_seq)
+                 SELECT r, s, t, u, m, c, $7, $8, x, d, q
                  FROM unnest($1::text[], $2::int8[], $3::text[], $4::text[], $5::text[],
-                             $6::text[], $9::text[], $10::text[])
-                   AS e (r, s, t, u, m, c, x, d)
+                             $6::text[], $9::text[], $10::text[], $11::int8[])
+                   AS e (r, s, t, u, m, c, x, d, q)
                  RETURNING id, room, seq",
             )
             .await?;
@@ -505,10 +632,14 @@ impl EventStore for PgStore {
             .await?;
         let join = tx
             .prepare_cached(
-                "INSERT INTO room_members (room, user_id, joined_seq, role)
-                 SELECT * FROM unnest($1::text[], $2::text[], $3::int8[], $4::text[])
-                 ON CONFLICT (room, user_id)
-                 DO UPDATE SET joined_seq = EXCLUDED.joined_seq, role = EXCLUDED.role",
+                "INSERT INTO room_members AS m (room, user_id, joined_seq, role, read_seq)
+                 SELECT r, u, j, o, j FROM unnest($1::text[], $2::text[], $3::int8[], $4::text[])
+                   AS k (r, u, j, o)
+                 ON CONFLICT (room, user_id) DO UPDATE
+                 SET role = EXCLUDED.role,
+                     read_seq = CASE WHEN m.joined_seq = EXCLUDED.joined_seq THEN m.read_seq
+                                     ELSE EXCLUDED.read_seq END,
+                     joined_seq = EXCLUDED.joined_seq",
             )
             .await?;
         let leave = tx
@@ -528,11 +659,11 @@ impl EventStore for PgStore {
             .iter()
             .map(|e| e.client_msg_id.as_deref())
             .collect();
-        let ev_targets: Vec<Option<&str>> = plan
-            .events
-            .iter()
-            .map(|e| e.target.as_ref().map(UserId::as_str))
-            .collect();
+        let (ev_targets, ev_target_seqs): (Vec<Option<&str>>, Vec<Option<i64>>) =
+            plan.events.iter().map(event_target).unzip();
+        let read_rooms: Vec<&str> = plan.reads.iter().map(|(r, _, _)| r.as_str()).collect();
+        let read_users: Vec<&str> = plan.reads.iter().map(|(_, u, _)| u.as_str()).collect();
+        let read_seqs: Vec<i64> = plan.reads.iter().map(|(_, _, s)| *s).collect();
         let ev_data: Vec<Option<String>> = plan.events.iter().map(event_data).collect();
         let room_names: Vec<&str> = plan.rooms.iter().map(|(r, _, _)| r.as_str()).collect();
         let room_seqs: Vec<i64> = plan.rooms.iter().map(|(_, s, _)| *s).collect();
@@ -557,7 +688,7 @@ impl EventStore for PgStore {
         let left_users: Vec<&str> = left.iter().map(|((_, u), _)| u.as_str()).collect();
         let node = node.to_owned();
 
-        let event_params: Params<'_, 10> = [
+        let event_params: Params<'_, 11> = [
             &ev_rooms,
             &ev_seqs,
             &ev_types,
@@ -568,17 +699,29 @@ impl EventStore for PgStore {
             &at,
             &ev_targets,
             &ev_data,
+            &ev_target_seqs,
         ];
+        // Posting moves the poster's read marker (docs/protocol.md, Read markers).
+        let reads = tx
+            .prepare_cached(
+                "UPDATE room_members m SET read_seq = GREATEST(m.read_seq, v.s)
+                 FROM unnest($1::text[], $2::text[], $3::int8[]) AS v (r, u, s)
+                 WHERE m.room = v.r AND m.user_id = v.u",
+            )
+            .await?;
+        let read_params: Params<'_, 3> = [&read_rooms, &read_users, &read_seqs];
         let room_params: Params<'_, 3> = [&room_names, &room_seqs, &room_owners];
         let join_params: Params<'_, 4> = [&join_rooms, &join_users, &join_seqs, &join_roles];
         let leave_params: Params<'_, 2> = [&left_rooms, &left_users];
-        let (rows, _, _, _) = futures_util::try_join!(
+        let (rows, _, _, _, _) = futures_util::try_join!(
             tx.query(&insert_events, &event_params),
             tx.execute(&set_rooms, &room_params),
             tx.execute(&join, &join_params),
             tx.execute(&leave, &leave_params),
+            tx.execute(&reads, &read_params),
         )?;
         write_moderation(&tx, &plan, &inserted).await?;
+        write_messages(&tx, &plan).await?;
         tx.commit().await?;
 
         let mut ids = HashMap::with_capacity(rows.len());
@@ -634,8 +777,8 @@ impl EventStore for PgStore {
         let order = if q.descending { "DESC" } else { "ASC" };
         let st = client
             .prepare_cached(&format!(
-                "SELECT {EVENT_COLUMNS} FROM events
-                 WHERE room = $1 AND seq > $2 AND seq < $3 ORDER BY seq {order} LIMIT $4"
+                "{EVENT_SELECT}
+                 WHERE e.room = $1 AND e.seq > $2 AND e.seq < $3 ORDER BY e.seq {order} LIMIT $4"
             ))
             .await?;
         let rows = client
@@ -645,7 +788,24 @@ impl EventStore for PgStore {
             .iter()
             .map(event_from_row)
             .collect::<Result<Vec<_>, _>>()?;
-        Ok(q.finish(events))
+        let mut page = q.finish(events);
+        let seqs = stateful_seqs(&page.events);
+        if !seqs.is_empty() {
+            let st = client
+                .prepare_cached(
+                    "SELECT seq, emoji, user_id FROM reactions WHERE room = $1 AND seq = ANY($2)
+                     ORDER BY at_seq",
+                )
+                .await?;
+            let rows = client
+                .query(&st, &[&room.as_str(), &seqs])
+                .await?
+                .iter()
+                .map(|r| Ok((r.try_get(0)?, r.try_get(1)?, UserId::trusted(r.try_get(2)?))))
+                .collect::<Result<Vec<_>, StoreError>>()?;
+            set_reactions(&mut page.events, rows);
+        }
+        Ok(page)
     }
 
     async fn access(&self, room: &RoomName, reader: Option<&UserId>) -> Result<Access, StoreError> {
@@ -672,11 +832,12 @@ impl EventStore for PgStore {
         })
     }
 
-    async fn members(&self, room: &RoomName) -> Result<Vec<(UserId, Role)>, StoreError> {
+    async fn members(&self, room: &RoomName) -> Result<Vec<(UserId, Role, Seq)>, StoreError> {
         let client = self.pool.get().await?;
         let st = client
             .prepare_cached(
-                "SELECT user_id, role FROM room_members WHERE room = $1 ORDER BY joined_seq",
+                "SELECT user_id, role, read_seq FROM room_members WHERE room = $1
+                 ORDER BY joined_seq",
             )
             .await?;
         client
@@ -685,9 +846,69 @@ impl EventStore for PgStore {
             .iter()
             .map(|row| {
                 let role: &str = row.try_get(1)?;
-                Ok((UserId::trusted(row.try_get(0)?), role_from_db(role)?))
+                Ok((
+                    UserId::trusted(row.try_get(0)?),
+                    role_from_db(role)?,
+                    row.try_get(2)?,
+                ))
             })
             .collect()
+    }
+
+    async fn unread(&self, user: &UserId) -> Result<Vec<(RoomName, u64, u64)>, StoreError> {
+        let client = self.pool.get().await?;
+        let st = client.prepare_cached(UNREAD_SQL).await?;
+        client
+            .query(&st, &[&user.as_str()])
+            .await?
+            .iter()
+            .map(|row| {
+                Ok((
+                    RoomName::trusted(row.try_get(0)?),
+                    row.try_get::<_, i64>(1)?.try_into().unwrap_or(0),
+                    row.try_get::<_, i64>(2)?.try_into().unwrap_or(0),
+                ))
+            })
+            .collect()
+    }
+
+    async fn mark_read(
+        &self,
+        room: &RoomName,
+        user: &UserId,
+        seq: Seq,
+    ) -> Result<Option<(Seq, bool)>, StoreError> {
+        let client = self.pool.get().await?;
+        // One statement: the marker before, the room's last seq, and the
+        // update when it moves the marker forward within the room.
+        let st = client
+            .prepare_cached(
+                "WITH cur AS (
+                     SELECT m.read_seq, r.last_seq FROM room_members m
+                     JOIN rooms r ON r.name = m.room WHERE m.room = $1 AND m.user_id = $2),
+                 upd AS (
+                     UPDATE room_members m SET read_seq = $3 FROM cur
+                     WHERE m.room = $1 AND m.user_id = $2 AND $3 > cur.read_seq
+                       AND $3 <= cur.last_seq
+                     RETURNING m.read_seq)
+                 SELECT cur.read_seq, cur.last_seq, (SELECT count(*) FROM upd) FROM cur",
+            )
+            .await?;
+        let Some(row) = client
+            .query_opt(&st, &[&room.as_str(), &user.as_str(), &seq])
+            .await?
+        else {
+            return Ok(None);
+        };
+        let (marker, last, moved): (i64, i64, i64) =
+            (row.try_get(0)?, row.try_get(1)?, row.try_get(2)?);
+        Ok(if seq > last {
+            None
+        } else if moved > 0 {
+            Some((seq, true))
+        } else {
+            Some((marker, false))
+        })
     }
 
     async fn bans(&self, room: &RoomName) -> Result<Vec<BanInfo>, StoreError> {
@@ -736,10 +957,7 @@ impl EventStore for PgStore {
     async fn all_events(&self) -> Result<Vec<Event>, StoreError> {
         let client = self.pool.get().await?;
         let rows = client
-            .query(
-                &format!("SELECT {EVENT_COLUMNS} FROM events ORDER BY id"),
-                &[],
-            )
+            .query(&format!("{EVENT_SELECT} ORDER BY e.id"), &[])
             .await?;
         rows.iter().map(event_from_row).collect()
     }

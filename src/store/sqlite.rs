@@ -17,16 +17,20 @@ use rusqlite::{params, Connection, OptionalExtension, Row, TransactionBehavior};
 
 use super::migrations::{self, Dialect};
 use super::{
-    event_data, plan, role_from_db, set_event_data, Access, AppendOutcome, AppendRequest, BanRow,
-    EventStore, Invitation, Keys, Loaded, Membership, Page, PageQuery, RoomRow, Snapshot,
-    StoreError,
+    event_data, event_target, plan, role_from_db, set_event_data, set_reactions, set_state,
+    stateful_seqs, Access, AppendOutcome, AppendRequest, BanRow, EventStore, Invitation, Keys,
+    Loaded, Membership, MessageRow, Page, PageQuery, Plan, RoomRow, Snapshot, StateColumns,
+    StateRow, StoreError, UNREAD_SQL,
 };
 use crate::protocol::{
-    now_micros, BanInfo, Event, EventKind, HistoryRange, Role, RoomName, UserId,
+    now_micros, BanInfo, Event, EventKind, HistoryRange, Role, RoomName, Seq, UserId,
 };
 
-const EVENT_COLUMNS: &str =
-    "id, room, seq, type, user_id, message, client_msg_id, node, at, target, data";
+/// Every event column, and the message's current state beside it.
+const EVENT_SELECT: &str = "SELECT e.id, e.room, e.seq, e.type, e.user_id, e.message,
+    e.client_msg_id, e.node, e.at, e.target, e.data, e.target_seq,
+    s.text, s.edited, s.deleted_by, s.state_seq
+    FROM events e LEFT JOIN message_state s ON s.room = e.room AND s.seq = e.seq";
 
 /// How often the checkpointer copies the WAL into the database file.
 const CHECKPOINT_INTERVAL: Duration = Duration::from_millis(500);
@@ -138,27 +142,31 @@ fn event_from_row(row: &Row<'_>) -> rusqlite::Result<Event> {
     let bad = |what: String| {
         rusqlite::Error::FromSqlConversionFailure(0, rusqlite::types::Type::Text, what.into())
     };
-    let mut ev = Event {
-        id: row.get(0)?,
-        room: RoomName::trusted(row.get(1)?),
-        seq: row.get(2)?,
-        kind: EventKind::from_db(&kind).ok_or_else(|| bad(format!("event type {kind}")))?,
-        user_id: UserId::trusted(row.get(4)?),
-        message: row.get(5)?,
-        client_msg_id: row.get(6)?,
-        target: None,
-        role: None,
-        reason: None,
-        private: false,
-        dm: false,
-        by: None,
-        node: row.get(7)?,
-        at: DateTime::parse_from_rfc3339(&at)
+    let mut ev = Event::new(
+        EventKind::from_db(&kind).ok_or_else(|| bad(format!("event type {kind}")))?,
+        RoomName::trusted(row.get(1)?),
+        row.get(2)?,
+        UserId::trusted(row.get(4)?),
+        row.get(7)?,
+        DateTime::parse_from_rfc3339(&at)
             .map_err(|e| bad(format!("event time {at}: {e}")))?
             .with_timezone(&Utc),
-    };
+    );
+    ev.id = row.get(0)?;
+    ev.message = row.get(5)?;
+    ev.client_msg_id = row.get(6)?;
     let data: Option<String> = row.get(10)?;
-    set_event_data(&mut ev, row.get(9)?, data.as_deref()).map_err(|e| bad(e.to_string()))?;
+    set_event_data(&mut ev, row.get(9)?, row.get(11)?, data.as_deref())
+        .map_err(|e| bad(e.to_string()))?;
+    set_state(
+        &mut ev,
+        StateColumns {
+            text: row.get(12)?,
+            edited: row.get(13)?,
+            deleted_by: row.get(14)?,
+            state_seq: row.get(15)?,
+        },
+    );
     Ok(ev)
 }
 
@@ -273,9 +281,43 @@ fn load(tx: &rusqlite::Transaction<'_>, batch: &[AppendRequest]) -> Result<Loade
         let list = rows.collect::<rusqlite::Result<Vec<_>>>()?;
         loaded.successors.insert(name, list);
     }
+    let mut message = tx.prepare_cached(
+        "SELECT e.user_id, s.text, s.edited, s.deleted_by, s.state_seq
+         FROM events e LEFT JOIN message_state s ON s.room = e.room AND s.seq = e.seq
+         WHERE e.room = ?1 AND e.seq = ?2 AND e.type = 'message'",
+    )?;
+    for (room, seq) in keys.messages {
+        let row = message
+            .query_row(params![room.as_str(), seq], |r| {
+                let state_seq: Option<i64> = r.get(4)?;
+                Ok(MessageRow {
+                    author: UserId::trusted(r.get(0)?),
+                    state: match state_seq {
+                        Some(state_seq) => Some(StateRow {
+                            text: r.get(1)?,
+                            edited: r.get::<_, i64>(2)?.try_into().unwrap_or(u32::MAX),
+                            deleted_by: r.get::<_, Option<String>>(3)?.map(UserId::trusted),
+                            state_seq,
+                        }),
+                        None => None,
+                    },
+                })
+            })
+            .optional()?;
+        if let Some(row) = row {
+            loaded.messages.insert((room, seq), row);
+        }
+    }
+    let mut reaction = tx.prepare_cached(
+        "SELECT 1 FROM reactions WHERE room = ?1 AND seq = ?2 AND emoji = ?3 AND user_id = ?4",
+    )?;
+    for key in keys.reactions {
+        if reaction.exists(params![key.0.as_str(), key.1, key.2, key.3.as_str()])? {
+            loaded.reactions.insert(key);
+        }
+    }
     let mut sent = tx.prepare_cached(&format!(
-        "SELECT {EVENT_COLUMNS} FROM events
-         WHERE room = ?1 AND user_id = ?2 AND client_msg_id = ?3"
+        "{EVENT_SELECT} WHERE e.room = ?1 AND e.user_id = ?2 AND e.client_msg_id = ?3"
     ))?;
     for key in keys.sent {
         if let Some(ev) = sent
@@ -323,11 +365,12 @@ fn append_blocking(
         }
         let mut insert = tx.prepare_cached(
             "INSERT INTO events (room, seq, type, user_id, message, client_msg_id, node, at,
-                                 target, data)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
+                                 target, data, target_seq)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)",
         )?;
         let at_text = fmt_at(&at);
         for ev in &plan.events {
+            let (target, target_seq) = event_target(ev);
             insert.execute(params![
                 ev.room.as_str(),
                 ev.seq,
@@ -337,8 +380,9 @@ fn append_blocking(
                 ev.client_msg_id,
                 ev.node,
                 at_text,
-                ev.target.as_ref().map(UserId::as_str),
+                target,
                 event_data(ev),
+                target_seq,
             ])?;
             ids.insert((ev.room.clone(), ev.seq), tx.last_insert_rowid());
         }
@@ -352,9 +396,13 @@ fn append_blocking(
             ])?;
         }
         let mut join = tx.prepare_cached(
-            "INSERT INTO room_members (room, user_id, joined_seq, role) VALUES (?1, ?2, ?3, ?4)
+            "INSERT INTO room_members (room, user_id, joined_seq, role, read_seq)
+             VALUES (?1, ?2, ?3, ?4, ?3)
              ON CONFLICT (room, user_id) DO UPDATE
-             SET joined_seq = excluded.joined_seq, role = excluded.role",
+             SET role = excluded.role,
+                 read_seq = CASE WHEN joined_seq = excluded.joined_seq THEN read_seq
+                                 ELSE excluded.read_seq END,
+                 joined_seq = excluded.joined_seq",
         )?;
         let mut leave =
             tx.prepare_cached("DELETE FROM room_members WHERE room = ?1 AND user_id = ?2")?;
@@ -401,9 +449,86 @@ fn append_blocking(
             };
         }
     }
+    write_messages(&tx, &plan)?;
     tx.commit()?;
     plan.set_ids(&ids);
     Ok(plan.outcomes)
+}
+
+/// Writes what a plan changed of messages: their states, deleted texts,
+/// reactions, mentions, and the read markers that posting moves.
+fn write_messages(tx: &rusqlite::Transaction<'_>, plan: &Plan) -> Result<(), StoreError> {
+    let mut read = tx.prepare_cached(
+        "UPDATE room_members SET read_seq = max(read_seq, ?3) WHERE room = ?1 AND user_id = ?2",
+    )?;
+    for (room, user, seq) in &plan.reads {
+        read.execute(params![room.as_str(), user.as_str(), seq])?;
+    }
+    if plan.states.is_empty() && plan.mentions.is_empty() {
+        return Ok(());
+    }
+    let mut mention = tx.prepare_cached(
+        "INSERT OR IGNORE INTO mentions (room, seq, user_id) VALUES (?1, ?2, ?3)",
+    )?;
+    for (room, seq, user) in &plan.mentions {
+        mention.execute(params![room.as_str(), seq, user.as_str()])?;
+    }
+    let mut state = tx.prepare_cached(
+        "INSERT OR REPLACE INTO message_state (room, seq, text, edited, deleted_by, state_seq)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+    )?;
+    for ((room, seq), s) in &plan.states {
+        state.execute(params![
+            room.as_str(),
+            seq,
+            s.text,
+            s.edited,
+            s.deleted_by.as_ref().map(UserId::as_str),
+            s.state_seq
+        ])?;
+    }
+    let mut redact = tx.prepare_cached(
+        "UPDATE events SET message = NULL
+         WHERE room = ?1 AND (seq = ?2 OR (target_seq = ?2 AND type = 'edit'))",
+    )?;
+    for (room, seq) in &plan.redact {
+        redact.execute(params![room.as_str(), seq])?;
+    }
+    let mut react = tx.prepare_cached(
+        "INSERT OR IGNORE INTO reactions (room, seq, emoji, user_id, at_seq) VALUES (?1, ?2, ?3, ?4, ?5)",
+    )?;
+    let mut unreact = tx.prepare_cached(
+        "DELETE FROM reactions WHERE room = ?1 AND seq = ?2 AND emoji = ?3 AND user_id = ?4",
+    )?;
+    for ((room, seq, emoji, user), at) in &plan.reactions {
+        match at {
+            Some(at) => react.execute(params![room.as_str(), seq, emoji, user.as_str(), at])?,
+            None => unreact.execute(params![room.as_str(), seq, emoji, user.as_str()])?,
+        };
+    }
+    Ok(())
+}
+
+/// The reactions of `room`'s messages among `events`, in the order made.
+fn load_reactions(
+    conn: &Connection,
+    room: &RoomName,
+    events: &mut [Event],
+) -> Result<(), StoreError> {
+    let seqs = stateful_seqs(events);
+    let (Some(lo), Some(hi)) = (seqs.iter().min(), seqs.iter().max()) else {
+        return Ok(());
+    };
+    let mut st = conn.prepare_cached(
+        "SELECT seq, emoji, user_id FROM reactions WHERE room = ?1 AND seq BETWEEN ?2 AND ?3
+         ORDER BY at_seq",
+    )?;
+    let rows = st.query_map(params![room.as_str(), lo, hi], |r| {
+        Ok((r.get(0)?, r.get(1)?, UserId::trusted(r.get(2)?)))
+    })?;
+    let rows = rows.collect::<rusqlite::Result<Vec<(i64, String, UserId)>>>()?;
+    set_reactions(events, rows);
+    Ok(())
 }
 
 #[async_trait]
@@ -469,15 +594,17 @@ impl EventStore for SqliteStore {
             let q = PageQuery::of(range);
             let order = if q.descending { "DESC" } else { "ASC" };
             let mut st = conn.prepare_cached(&format!(
-                "SELECT {EVENT_COLUMNS} FROM events
-                 WHERE room = ?1 AND seq > ?2 AND seq < ?3 ORDER BY seq {order} LIMIT ?4"
+                "{EVENT_SELECT}
+                 WHERE e.room = ?1 AND e.seq > ?2 AND e.seq < ?3 ORDER BY e.seq {order} LIMIT ?4"
             ))?;
             let rows = st.query_map(
                 params![room.as_str(), q.lower, q.upper, q.fetch],
                 event_from_row,
             )?;
             let events = rows.collect::<rusqlite::Result<Vec<Event>>>()?;
-            Ok(q.finish(events))
+            let mut page = q.finish(events);
+            load_reactions(conn, &room, &mut page.events)?;
+            Ok(page)
         })
         .await
     }
@@ -513,16 +640,70 @@ impl EventStore for SqliteStore {
         .await
     }
 
-    async fn members(&self, room: &RoomName) -> Result<Vec<(UserId, Role)>, StoreError> {
+    async fn members(&self, room: &RoomName) -> Result<Vec<(UserId, Role, Seq)>, StoreError> {
         let room = room.clone();
         Self::with(&self.reader, move |conn| {
             let mut st = conn.prepare_cached(
-                "SELECT user_id, role FROM room_members WHERE room = ?1 ORDER BY joined_seq",
+                "SELECT user_id, role, read_seq FROM room_members WHERE room = ?1
+                 ORDER BY joined_seq",
             )?;
             let rows = st.query_map([room.as_str()], |r| {
-                Ok((UserId::trusted(r.get(0)?), role_of(r.get(1)?)?))
+                Ok((UserId::trusted(r.get(0)?), role_of(r.get(1)?)?, r.get(2)?))
             })?;
             Ok(rows.collect::<rusqlite::Result<Vec<_>>>()?)
+        })
+        .await
+    }
+
+    async fn unread(&self, user: &UserId) -> Result<Vec<(RoomName, u64, u64)>, StoreError> {
+        let user = user.clone();
+        Self::with(&self.reader, move |conn| {
+            let mut st = conn.prepare_cached(UNREAD_SQL)?;
+            let rows = st.query_map([user.as_str()], |r| {
+                Ok((
+                    RoomName::trusted(r.get(0)?),
+                    r.get::<_, i64>(1)?.try_into().unwrap_or(0),
+                    r.get::<_, i64>(2)?.try_into().unwrap_or(0),
+                ))
+            })?;
+            Ok(rows.collect::<rusqlite::Result<Vec<_>>>()?)
+        })
+        .await
+    }
+
+    async fn mark_read(
+        &self,
+        room: &RoomName,
+        user: &UserId,
+        seq: Seq,
+    ) -> Result<Option<(Seq, bool)>, StoreError> {
+        let (room, user) = (room.clone(), user.clone());
+        Self::with(&self.writer, move |conn| {
+            let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+            let row: Option<(Seq, Seq)> = tx
+                .prepare_cached(
+                    "SELECT m.read_seq, r.last_seq FROM room_members m
+                     JOIN rooms r ON r.name = m.room WHERE m.room = ?1 AND m.user_id = ?2",
+                )?
+                .query_row([room.as_str(), user.as_str()], |r| {
+                    Ok((r.get(0)?, r.get(1)?))
+                })
+                .optional()?;
+            let Some((marker, last)) = row else {
+                return Ok(None);
+            };
+            if seq > last {
+                return Ok(None);
+            }
+            if seq <= marker {
+                return Ok(Some((marker, false)));
+            }
+            tx.prepare_cached(
+                "UPDATE room_members SET read_seq = ?3 WHERE room = ?1 AND user_id = ?2",
+            )?
+            .execute(params![room.as_str(), user.as_str(), seq])?;
+            tx.commit()?;
+            Ok(Some((seq, true)))
         })
         .await
     }
@@ -569,8 +750,7 @@ impl EventStore for SqliteStore {
 
     async fn all_events(&self) -> Result<Vec<Event>, StoreError> {
         Self::with(&self.reader, |conn| {
-            let mut st =
-                conn.prepare(&format!("SELECT {EVENT_COLUMNS} FROM events ORDER BY id"))?;
+            let mut st = conn.prepare(&format!("{EVENT_SELECT} ORDER BY e.id"))?;
             let rows = st.query_map([], event_from_row)?;
             Ok(rows.collect::<rusqlite::Result<Vec<Event>>>()?)
         })

@@ -1,6 +1,6 @@
 //! The batch planner and the page cuts, shared by both stores.
 use super::*;
-use crate::protocol::EventKind;
+use crate::protocol::{EventKind, Target};
 
 fn room(s: &str) -> RoomName {
     RoomName::trusted(s.into())
@@ -19,6 +19,8 @@ fn msg(text: &str, c: Option<&str>) -> AppendOp {
     AppendOp::Message {
         text: text.into(),
         client_msg_id: c.map(Into::into),
+        reply_to: None,
+        mentions: Vec::new(),
     }
 }
 
@@ -144,7 +146,7 @@ fn an_owner_who_leaves_passes_the_room_to_the_first_admin_else_the_first_member(
         events(&p.outcomes[0]),
         vec![(EventKind::Leave, 11), (EventKind::Role, 12)]
     );
-    assert_eq!(p.events[1].target, Some(user("a")));
+    assert_eq!(p.events[1].target, Some(Target::User(user("a"))));
     assert_eq!(p.rooms, vec![(room("g"), 12, Some(user("a")))]);
 
     // Heirs outside the batch's pairs come from `successors`.
@@ -162,7 +164,7 @@ fn an_owner_who_leaves_passes_the_room_to_the_first_admin_else_the_first_member(
         "n",
         chrono::Utc::now(),
     );
-    assert_eq!(p.events[1].target, Some(user("y")));
+    assert_eq!(p.events[1].target, Some(Target::User(user("y"))));
 
     // The last member's leave leaves no owner; the next joiner owns the room.
     let batch = [

@@ -155,6 +155,14 @@ struct Wire<'a> {
     event: &'a RawValue,
 }
 
+/// An event's `target`: a message's seq or a user.
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum HeadTarget<'a> {
+    Seq(#[allow(dead_code)] Seq),
+    User(#[serde(borrow)] Cow<'a, str>),
+}
+
 /// The fields of an event that its header repeats.
 #[derive(Deserialize)]
 struct EventHead<'a> {
@@ -162,11 +170,15 @@ struct EventHead<'a> {
     kind: EventKind,
     #[serde(borrow)]
     room: Cow<'a, str>,
+    /// Absent from a `typing` frame (ephemeral frames have no seq).
+    #[serde(default)]
     seq: Seq,
     #[serde(borrow)]
     user_id: Cow<'a, str>,
     #[serde(borrow, default)]
-    target: Option<Cow<'a, str>>,
+    target: Option<HeadTarget<'a>>,
+    #[serde(borrow, default)]
+    mentions: Vec<Cow<'a, str>>,
     #[serde(default)]
     role: Option<Role>,
     #[serde(default)]
@@ -267,7 +279,8 @@ impl Envelope {
         if wire.v != ENVELOPE_VERSION {
             return Err(EnvelopeError::Version(wire.v));
         }
-        if wire.seq < 1 {
+        // A stored event has a seq from 1; an ephemeral frame has none (0).
+        if (wire.seq < 1) != wire.kind.ephemeral() || wire.seq < 0 {
             return Err(EnvelopeError::Seq(wire.seq));
         }
         let invalid = |field| move |error| EnvelopeError::Invalid { field, error };
@@ -295,7 +308,7 @@ impl Envelope {
         if head.room != header.room.as_str() {
             return Err(EnvelopeError::Mismatch("room"));
         }
-        if head.seq != header.seq {
+        if head.seq != header.seq && !header.kind.ephemeral() {
             return Err(EnvelopeError::Mismatch("seq"));
         }
         if head.user_id != header.user.as_str() {
@@ -306,15 +319,25 @@ impl Envelope {
                 .transpose()
                 .map_err(invalid(field))
         };
+        let target = match head.target {
+            Some(HeadTarget::User(u)) => Some(u),
+            Some(HeadTarget::Seq(_)) | None => None,
+        };
+        let mentions = head
+            .mentions
+            .iter()
+            .map(|m| UserId::parse(m).map_err(invalid("mentions")))
+            .collect::<Result<Vec<UserId>, EnvelopeError>>()?;
         let facts = Facts {
-            target: user(head.target, "target")?,
+            target: user(target, "target")?,
+            mentions,
             role: head.role,
             private: head.private,
             dm: head.dm,
             by: user(head.by, "by")?,
             reason: head.reason.map(Cow::into_owned),
         };
-        let to = facts.notice(header.kind, &header.user).map(|(_, to, _)| to);
+        let to = facts.addressed_to(header.kind, &header.user);
         if to != header.to.as_ref() {
             return Err(EnvelopeError::Mismatch("to"));
         }

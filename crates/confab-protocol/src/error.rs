@@ -42,6 +42,12 @@ pub enum ErrorCode {
     NotInvited,
     /// `unban` of a user who is not banned.
     NotBanned,
+    /// The seq is not a message of this room (or the message is deleted).
+    NoSuchEvent,
+    /// `edit` of another user's message.
+    NotAuthor,
+    /// `unreact` of a reaction the user has not made.
+    NoSuchReaction,
 }
 
 impl ErrorCode {
@@ -71,6 +77,9 @@ impl ErrorCode {
             ErrorCode::AlreadyMember => "already_member",
             ErrorCode::NotInvited => "not_invited",
             ErrorCode::NotBanned => "not_banned",
+            ErrorCode::NoSuchEvent => "no_such_event",
+            ErrorCode::NotAuthor => "not_author",
+            ErrorCode::NoSuchReaction => "no_such_reaction",
         }
     }
 
@@ -80,12 +89,15 @@ impl ErrorCode {
             ErrorCode::NoSuchRoom
             | ErrorCode::NoSuchMember
             | ErrorCode::NotInvited
-            | ErrorCode::NotBanned => 404,
+            | ErrorCode::NotBanned
+            | ErrorCode::NoSuchEvent
+            | ErrorCode::NoSuchReaction => 404,
             ErrorCode::NotAMember
             | ErrorCode::UserMismatch
             | ErrorCode::OriginNotAllowed
             | ErrorCode::Forbidden
-            | ErrorCode::Banned => 403,
+            | ErrorCode::Banned
+            | ErrorCode::NotAuthor => 403,
             ErrorCode::TokenMissing | ErrorCode::TokenExpired | ErrorCode::TokenInvalid => 401,
             ErrorCode::RoomExists | ErrorCode::AlreadyMember => 409,
             ErrorCode::RateLimited | ErrorCode::TooManyRooms => 429,

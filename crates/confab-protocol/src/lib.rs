@@ -15,12 +15,13 @@ mod names;
 mod reply;
 
 pub use command::{
-    parse_command, Act, Ban, Block, Command, CommandLimits, Create, Dm, Fields, History,
-    HistoryRange, Join, Leave, Members, Moderate, Parsed, SendMessage, SetRole, MAX_REASON_CHARS,
+    parse_command, Act, Ban, Block, Command, CommandLimits, Create, Delete, Dm, Edit, Fields,
+    History, HistoryRange, Join, Leave, Members, Moderate, Parsed, React, Read, SendMessage,
+    SetRole, Typing, MAX_EMOJI_CHARS, MAX_MENTIONS, MAX_REASON_CHARS,
 };
 pub use envelope::{sign, BusKey, Envelope, EnvelopeError, Header};
 pub use error::{ErrorCode, ProtoError};
-pub use event::{now_micros, Event, EventKind, Facts, Role};
+pub use event::{now_micros, Event, EventKind, Facts, Reaction, Role, Target, MAX_REACTION_USERS};
 pub use names::{Ref, RoomName, Seq, UserId, DM_PREFIX};
 pub use reply::{
     error_json, Ack, BanInfo, HelloLimits, MemberInfo, NoticeKind, Reply, RoomInfo, Standing,

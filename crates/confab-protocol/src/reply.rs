@@ -31,6 +31,12 @@ pub struct RoomInfo {
     /// The asking user's place in the room; absent when not in it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub role: Option<Standing>,
+    /// A member's unread messages (after its read marker, not its own, not deleted).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub unread: Option<u64>,
+    /// Of those, the ones that mention the user.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mentions_unread: Option<u64>,
 }
 
 /// A user's place in a room, as `rooms` shows it.
@@ -59,6 +65,8 @@ pub struct MemberInfo {
     pub user_id: UserId,
     pub online: bool,
     pub role: Role,
+    /// The member's read marker.
+    pub read_seq: Seq,
 }
 
 /// `bans` reply entry.
@@ -79,6 +87,7 @@ pub enum NoticeKind {
     Dm,
     Kick,
     Ban,
+    Mention,
 }
 
 /// Every frame the server sends that is not an event.
@@ -137,6 +146,19 @@ pub enum Reply<'a> {
         #[serde(skip_serializing_if = "Option::is_none")]
         reason: Option<&'a str>,
     },
+    /// Someone in the room is typing (or stopped); never stored.
+    Typing {
+        room: &'a RoomName,
+        user_id: &'a UserId,
+        typing: bool,
+        ttl_ms: u64,
+    },
+    /// The user's read marker moved on another of its connections.
+    Read {
+        room: &'a RoomName,
+        seq: Seq,
+        user_id: &'a UserId,
+    },
 }
 
 /// An `ack`: the command succeeded (and, where it appended, is durable).
@@ -161,6 +183,9 @@ pub struct Ack<'a> {
     /// `dm`: the other user.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub with: Option<&'a UserId>,
+    /// `message`: mentions of users who are not members, dropped.
+    #[serde(skip_serializing_if = "<[UserId]>::is_empty")]
+    pub dropped_mentions: &'a [UserId],
 }
 
 impl Reply<'_> {

@@ -11,6 +11,12 @@ use crate::{
 
 /// Longest `reason` of a `ban`, in characters.
 pub const MAX_REASON_CHARS: usize = 256;
+/// Most users one `message` may mention.
+pub const MAX_MENTIONS: usize = 50;
+/// Longest `emoji`, in characters (a sequence joined by U+200D counts as one).
+pub const MAX_EMOJI_CHARS: usize = 32;
+/// Longest `emoji` in bytes of UTF-8.
+const MAX_EMOJI_BYTES: usize = 128;
 
 /// Limits that shape what a command may carry (from the node's configuration).
 #[derive(Debug, Clone, Copy)]
@@ -38,6 +44,53 @@ pub enum Command {
     Dm(Dm),
     /// `block` (true) or `unblock` (false).
     Block(Block),
+    Edit(Edit),
+    Delete(Delete),
+    /// `react` (on) or `unreact`.
+    React(React),
+    Typing(Typing),
+    Read(Read),
+}
+
+/// `edit` {room, seq, message, client_msg_id?}.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Edit {
+    pub room: RoomName,
+    pub seq: Seq,
+    pub text: String,
+    pub client_msg_id: Option<String>,
+}
+
+/// `delete` {room, seq, client_msg_id?}.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Delete {
+    pub room: RoomName,
+    pub seq: Seq,
+    pub client_msg_id: Option<String>,
+}
+
+/// `react` / `unreact` {room, seq, emoji, client_msg_id?}.
+#[derive(Debug, Clone, PartialEq)]
+pub struct React {
+    pub room: RoomName,
+    pub seq: Seq,
+    pub emoji: String,
+    pub on: bool,
+    pub client_msg_id: Option<String>,
+}
+
+/// `typing` {room, typing}.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Typing {
+    pub room: RoomName,
+    pub typing: bool,
+}
+
+/// `read` {room, seq}.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Read {
+    pub room: RoomName,
+    pub seq: Seq,
 }
 
 /// `create`: make a room and join it.
@@ -112,6 +165,10 @@ pub struct SendMessage {
     pub room: RoomName,
     pub text: String,
     pub client_msg_id: Option<String>,
+    /// The seq of the message this one answers.
+    pub reply_to: Option<Seq>,
+    /// Users mentioned, without repeats.
+    pub mentions: Vec<UserId>,
 }
 
 /// `history` (and `GET /rooms/{room}/events`).
@@ -255,36 +312,105 @@ impl Leave {
 }
 
 impl SendMessage {
-    /// `room`, `message` (1 to `max_message_chars` characters) and an optional
-    /// `client_msg_id` (1–64 characters).
+    /// `room`, `message` (1 to `max_message_chars` characters), an optional
+    /// `client_msg_id` (1–64 characters), `reply_to` (a seq) and `mentions`
+    /// (1–50 user ids).
     pub fn parse(fields: &Fields<'_>, limits: CommandLimits) -> Result<SendMessage, ProtoError> {
         let room = fields.room()?;
-        let text = fields.required_str("message")?;
-        let chars = text.chars().count();
-        if chars == 0 {
-            return Err(ProtoError::invalid_field("message must not be empty"));
-        }
-        if chars > limits.max_message_chars {
-            return Err(ProtoError::new(
-                ErrorCode::MessageTooLong,
-                format!(
-                    "message is {chars} characters; the maximum is {}",
-                    limits.max_message_chars
-                ),
-            ));
-        }
-        let client_msg_id = match fields.optional_str("client_msg_id")? {
-            Some(id) if id.is_empty() || id.chars().count() > MAX_ID_CHARS => {
-                return Err(ProtoError::invalid_field(
-                    "client_msg_id must be 1-64 characters",
-                ))
-            }
-            other => other.map(str::to_owned),
+        let text = fields.text("message", limits)?;
+        let reply_to = match fields.seq("reply_to")? {
+            Some(0) => return Err(ProtoError::invalid_field("reply_to must be a seq >= 1")),
+            other => other,
         };
         Ok(SendMessage {
             room,
-            text: text.to_owned(),
-            client_msg_id,
+            text,
+            client_msg_id: fields.client_msg_id()?,
+            reply_to,
+            mentions: fields.mentions()?,
+        })
+    }
+}
+
+impl Edit {
+    pub fn parse(fields: &Fields<'_>, limits: CommandLimits) -> Result<Edit, ProtoError> {
+        Ok(Edit {
+            room: fields.room()?,
+            seq: fields.target_seq()?,
+            text: fields.text("message", limits)?,
+            client_msg_id: fields.client_msg_id()?,
+        })
+    }
+}
+
+impl Delete {
+    pub fn parse(fields: &Fields<'_>) -> Result<Delete, ProtoError> {
+        Ok(Delete {
+            room: fields.room()?,
+            seq: fields.target_seq()?,
+            client_msg_id: fields.client_msg_id()?,
+        })
+    }
+}
+
+impl React {
+    pub fn parse(on: bool, fields: &Fields<'_>) -> Result<React, ProtoError> {
+        let room = fields.room()?;
+        let seq = fields.target_seq()?;
+        let emoji = fields.required_str("emoji")?;
+        if !valid_emoji(emoji) {
+            return Err(ProtoError::invalid_field(
+                "emoji must be 1-32 characters (a sequence joined by U+200D counts as one) \
+                 with no whitespace or control character",
+            ));
+        }
+        Ok(React {
+            room,
+            seq,
+            emoji: emoji.to_owned(),
+            on,
+            client_msg_id: fields.client_msg_id()?,
+        })
+    }
+}
+
+/// The `emoji` rule: 1–32 characters, where a sequence joined by U+200D
+/// (ZERO WIDTH JOINER) counts as one, no whitespace, no control character,
+/// at most 128 bytes; not starting or ending with U+200D.
+pub fn valid_emoji(s: &str) -> bool {
+    const ZWJ: char = '\u{200d}';
+    if s.is_empty()
+        || s.len() > MAX_EMOJI_BYTES
+        || s.starts_with(ZWJ)
+        || s.ends_with(ZWJ)
+        || s.chars().any(|c| c.is_whitespace() || c.is_control())
+    {
+        return false;
+    }
+    // Each U+200D joins the characters on either side into one.
+    let joiners = s.chars().filter(|c| *c == ZWJ).count();
+    let chars = s.chars().count() - joiners;
+    chars.saturating_sub(joiners) <= MAX_EMOJI_CHARS && !s.contains("\u{200d}\u{200d}")
+}
+
+impl Typing {
+    pub fn parse(fields: &Fields<'_>) -> Result<Typing, ProtoError> {
+        Ok(Typing {
+            room: fields.room()?,
+            typing: fields
+                .bool("typing")?
+                .ok_or_else(|| ProtoError::invalid_field("typing is required (true or false)"))?,
+        })
+    }
+}
+
+impl Read {
+    pub fn parse(fields: &Fields<'_>) -> Result<Read, ProtoError> {
+        Ok(Read {
+            room: fields.room()?,
+            seq: fields
+                .seq("seq")?
+                .ok_or_else(|| ProtoError::invalid_field("seq is required"))?,
         })
     }
 }
@@ -330,6 +456,12 @@ impl Command {
             Command::Dm(_) => "dm",
             Command::Block(b) if b.block => "block",
             Command::Block(_) => "unblock",
+            Command::Edit(_) => "edit",
+            Command::Delete(_) => "delete",
+            Command::React(r) if r.on => "react",
+            Command::React(_) => "unreact",
+            Command::Typing(_) => "typing",
+            Command::Read(_) => "read",
         }
     }
 
@@ -345,6 +477,11 @@ impl Command {
             Command::Moderate(m) => Some(&m.room),
             Command::Ban(b) => Some(&b.room),
             Command::SetRole(s) => Some(&s.room),
+            Command::Edit(e) => Some(&e.room),
+            Command::Delete(d) => Some(&d.room),
+            Command::React(r) => Some(&r.room),
+            Command::Typing(t) => Some(&t.room),
+            Command::Read(r) => Some(&r.room),
             Command::Rooms | Command::Ping | Command::Dm(_) | Command::Block(_) => None,
         }
     }
@@ -361,7 +498,7 @@ impl Command {
             _ => {
                 return Err(ProtoError::new(
                     ErrorCode::UnknownType,
-                    "every command needs a type: create, join, leave, message, history, rooms, members, ping, invite, uninvite, kick, ban, unban, bans, set_role, dm, block or unblock",
+                    "every command needs a type: create, join, leave, message, history, rooms, members, ping, invite, uninvite, kick, ban, unban, bans, set_role, dm, block, unblock, edit, delete, react, unreact, typing or read",
                 ))
             }
         };
@@ -384,6 +521,12 @@ impl Command {
             "dm" => Command::Dm(Dm::parse(fields)?),
             "block" => Command::Block(Block::parse(true, fields)?),
             "unblock" => Command::Block(Block::parse(false, fields)?),
+            "edit" => Command::Edit(Edit::parse(fields, limits)?),
+            "delete" => Command::Delete(Delete::parse(fields)?),
+            "react" => Command::React(React::parse(true, fields)?),
+            "unreact" => Command::React(React::parse(false, fields)?),
+            "typing" => Command::Typing(Typing::parse(fields)?),
+            "read" => Command::Read(Read::parse(fields)?),
             other => {
                 return Err(ProtoError::new(
                     ErrorCode::UnknownType,
@@ -553,6 +696,69 @@ impl<'a> Fields<'a> {
                 ProtoError::invalid_field("user must be 1-64 characters without control characters")
             }),
         }
+    }
+
+    /// A message text: 1 to `max_message_chars` characters.
+    pub fn text(&self, name: &str, limits: CommandLimits) -> Result<String, ProtoError> {
+        let text = self.required_str(name)?;
+        let chars = text.chars().count();
+        if chars == 0 {
+            return Err(ProtoError::invalid_field(format!(
+                "{name} must not be empty"
+            )));
+        }
+        if chars > limits.max_message_chars {
+            return Err(ProtoError::new(
+                ErrorCode::MessageTooLong,
+                format!(
+                    "{name} is {chars} characters; the maximum is {}",
+                    limits.max_message_chars
+                ),
+            ));
+        }
+        Ok(text.to_owned())
+    }
+
+    /// An optional `client_msg_id` (1–64 characters).
+    pub fn client_msg_id(&self) -> Result<Option<String>, ProtoError> {
+        match self.optional_str("client_msg_id")? {
+            Some(id) if id.is_empty() || id.chars().count() > MAX_ID_CHARS => Err(
+                ProtoError::invalid_field("client_msg_id must be 1-64 characters"),
+            ),
+            other => Ok(other.map(str::to_owned)),
+        }
+    }
+
+    /// `seq`: the message a command acts on (>= 1).
+    pub fn target_seq(&self) -> Result<Seq, ProtoError> {
+        match self.seq("seq")? {
+            Some(s) if s >= 1 => Ok(s),
+            _ => Err(ProtoError::invalid_field(
+                "seq must be the seq of a message (>= 1)",
+            )),
+        }
+    }
+
+    /// `mentions`: an optional list of 1–50 user ids, repeats removed.
+    pub fn mentions(&self) -> Result<Vec<UserId>, ProtoError> {
+        let rule = || {
+            ProtoError::invalid_field(format!(
+                "mentions must be a list of 1-{MAX_MENTIONS} user ids"
+            ))
+        };
+        let list = match self.0.get("mentions") {
+            None | Some(Value::Null) => return Ok(Vec::new()),
+            Some(Value::Array(list)) if !list.is_empty() && list.len() <= MAX_MENTIONS => list,
+            Some(_) => return Err(rule()),
+        };
+        let mut out: Vec<UserId> = Vec::with_capacity(list.len());
+        for v in list {
+            let user = UserId::from_json(v).map_err(|_| rule())?;
+            if !out.contains(&user) {
+                out.push(user);
+            }
+        }
+        Ok(out)
     }
 
     /// An optional boolean.

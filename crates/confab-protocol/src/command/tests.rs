@@ -100,7 +100,9 @@ fn commands_parse_with_their_fields() {
         Command::Message(SendMessage {
             room: room("g"),
             text: "hi".into(),
-            client_msg_id: Some("c1".into())
+            client_msg_id: Some("c1".into()),
+            reply_to: None,
+            mentions: Vec::new(),
         })
     );
     let p = parse(r#"{"type":"history","room":"g","before":9,"limit":5}"#);
@@ -248,5 +250,66 @@ fn a_rest_query_follows_the_same_rules_as_a_frame() {
         let e = History::parse(&Fields::new(&obj)).unwrap_err();
         assert_eq!(e.code, ErrorCode::InvalidField);
         assert!(e.message.contains(word), "{k}={v}: {}", e.message);
+    }
+}
+
+#[test]
+fn the_emoji_rule_counts_a_zwj_sequence_as_one_character() {
+    use super::valid_emoji;
+    for ok in [
+        "👍",
+        "+1",
+        ":party:",
+        "👩\u{200d}👩\u{200d}👧\u{200d}👦",
+        &"a".repeat(32),
+    ] {
+        assert!(valid_emoji(ok), "{ok}");
+    }
+    // 32 family emoji joined by U+200D are 32 characters by the rule.
+    let families = vec!["👩\u{200d}👧"; 32].join("");
+    assert!(valid_emoji(&families) || families.len() > 128);
+    for bad in [
+        "",
+        &"a".repeat(33),
+        "a b",
+        "tab\t",
+        "\u{200d}",
+        "a\u{200d}",
+        "\u{200d}a",
+        "a\u{200d}\u{200d}b",
+        "\u{7}",
+    ] {
+        assert!(!valid_emoji(bad), "{bad:?}");
+    }
+}
+
+#[test]
+fn mentions_are_user_ids_without_repeats_and_at_most_fifty() {
+    let limits = CommandLimits {
+        max_message_chars: 100,
+    };
+    let p = parse_command(
+        r#"{"type":"message","room":"g","message":"hi","mentions":["a","b","a",7],"reply_to":3}"#,
+        limits,
+    );
+    match p.command.unwrap() {
+        Command::Message(m) => {
+            let ids: Vec<&str> = m.mentions.iter().map(|u| u.as_str()).collect();
+            assert_eq!(ids, vec!["a", "b", "7"]);
+            assert_eq!(m.reply_to, Some(3));
+        }
+        other => panic!("{other:?}"),
+    }
+    let many: Vec<String> = (0..51).map(|i| format!("u{i}")).collect();
+    let frame = serde_json::json!({"type":"message","room":"g","message":"x","mentions":many});
+    let p = parse_command(&frame.to_string(), limits);
+    assert_eq!(p.command.unwrap_err().code, ErrorCode::InvalidField);
+    for bad in [r#"[]"#, r#""a""#, r#"[""]"#] {
+        let f = format!(r#"{{"type":"message","room":"g","message":"x","mentions":{bad}}}"#);
+        assert_eq!(
+            parse_command(&f, limits).command.unwrap_err().code,
+            ErrorCode::InvalidField,
+            "{bad}"
+        );
     }
 }
