@@ -384,3 +384,122 @@ fn page_queries_cut_as_the_protocol_says() {
     });
     assert_eq!((q.upper, q.descending), (9, true));
 }
+
+/// A room `g` with owner `o`, member `m` (joined at 2), admin `a` (at 3),
+/// and `o`'s message at seq 5.
+fn with_message() -> Loaded {
+    let mut loaded = owned(false, &[("m", Role::Member, 2), ("a", Role::Admin, 3)]);
+    loaded.messages.insert(
+        (room("g"), 5),
+        MessageRow {
+            author: user("o"),
+            state: None,
+        },
+    );
+    loaded
+}
+
+fn edit(seq: Seq, text: &str, c: Option<&str>) -> AppendOp {
+    AppendOp::Edit {
+        target: seq,
+        text: text.into(),
+        client_msg_id: c.map(Into::into),
+    }
+}
+
+fn react(seq: Seq, emoji: &str, on: bool) -> AppendOp {
+    AppendOp::React {
+        target: seq,
+        emoji: emoji.into(),
+        on,
+        client_msg_id: None,
+    }
+}
+
+#[test]
+fn edits_deletes_and_reactions_fold_into_the_message_state() {
+    let batch = [
+        req("g", "m", edit(5, "mine now", None)),
+        req("g", "o", edit(5, "fixed", Some("e1"))),
+        req("g", "o", edit(5, "fixed again", Some("e1"))),
+        req("g", "m", react(5, "👍", true)),
+        req("g", "m", react(5, "👍", true)),
+        req("g", "a", react(5, "👍", false)),
+        req("g", "o", edit(9, "nothing there", None)),
+        req(
+            "g",
+            "m",
+            AppendOp::Delete {
+                target: 5,
+                client_msg_id: None,
+            },
+        ),
+        req(
+            "g",
+            "a",
+            AppendOp::Delete {
+                target: 5,
+                client_msg_id: None,
+            },
+        ),
+        req("g", "o", edit(5, "too late", None)),
+        req("g", "m", react(5, "🎉", true)),
+    ];
+    let p = plan(&batch, with_message(), "n", chrono::Utc::now());
+    let o = &p.outcomes;
+    assert_eq!(o[0], AppendOutcome::Refused(Refusal::NotAuthor));
+    assert_eq!(events(&o[1]), vec![(EventKind::Edit, 11)]);
+    assert!(matches!(&o[2], AppendOutcome::Duplicate(e) if e.seq == 11));
+    assert_eq!(events(&o[3]), vec![(EventKind::React, 12)]);
+    assert_eq!(o[4], AppendOutcome::Repeated { last_seq: 12 });
+    assert_eq!(o[5], AppendOutcome::Refused(Refusal::NoSuchReaction));
+    assert_eq!(o[6], AppendOutcome::Refused(Refusal::NoSuchEvent));
+    assert_eq!(o[7], AppendOutcome::Refused(Refusal::Forbidden));
+    assert_eq!(events(&o[8]), vec![(EventKind::Delete, 13)]);
+    assert_eq!(o[9], AppendOutcome::Refused(Refusal::NoSuchEvent));
+    assert_eq!(o[10], AppendOutcome::Refused(Refusal::NoSuchEvent));
+    assert_eq!(p.events[0].target, Some(Target::Seq(5)));
+    assert_eq!(
+        p.states,
+        vec![(
+            (room("g"), 5),
+            StateRow {
+                text: None,
+                edited: 1,
+                deleted_by: Some(user("a")),
+                state_seq: 13,
+            }
+        )]
+    );
+    assert_eq!(p.redact, vec![(room("g"), 5)]);
+    assert_eq!(
+        p.reactions,
+        vec![((room("g"), 5, "👍".to_string(), user("m")), Some(12))]
+    );
+}
+
+#[test]
+fn a_message_keeps_only_the_mentions_of_members_and_moves_its_posters_marker() {
+    let send = AppendOp::Message {
+        text: "hi".into(),
+        client_msg_id: None,
+        reply_to: Some(5),
+        mentions: vec![user("m"), user("stranger"), user("a")],
+    };
+    let lost = AppendOp::Message {
+        text: "hi".into(),
+        client_msg_id: None,
+        reply_to: Some(4),
+        mentions: Vec::new(),
+    };
+    let batch = [req("g", "o", send), req("g", "o", lost)];
+    let p = plan(&batch, with_message(), "n", chrono::Utc::now());
+    assert_eq!(p.events[0].mentions, vec![user("m"), user("a")]);
+    assert_eq!(p.events[0].reply_to, Some(5));
+    assert_eq!(
+        p.mentions,
+        vec![(room("g"), 11, user("m")), (room("g"), 11, user("a"))]
+    );
+    assert_eq!(p.reads, vec![(room("g"), user("o"), 11)]);
+    assert_eq!(p.outcomes[1], AppendOutcome::Refused(Refusal::NoSuchEvent));
+}
