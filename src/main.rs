@@ -12,10 +12,22 @@ fn main() -> ExitCode {
     // --help and --version print and exit here, before anything starts.
     let cli = Cli::parse();
     let settings = &cli.settings;
-    env_logger::Builder::new()
+    let mut logger = env_logger::Builder::new();
+    logger
         .parse_filters(settings.rust_log.as_deref().unwrap_or("info"))
-        .parse_write_style(settings.rust_log_style.as_deref().unwrap_or("auto"))
-        .init();
+        .parse_write_style(settings.rust_log_style.as_deref().unwrap_or("auto"));
+    if settings.log_format.as_deref() == Some("json") {
+        logger.format(|buf, record| {
+            let line = serde_json::json!({
+                "ts": chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Micros, true),
+                "level": record.level().as_str(),
+                "target": record.target(),
+                "msg": record.args().to_string(),
+            });
+            writeln!(buf, "{line}")
+        });
+    }
+    logger.init();
     let config = match Config::from_settings(settings) {
         Ok(c) => c,
         Err(e) => {
@@ -27,6 +39,9 @@ fn main() -> ExitCode {
     if let Cmd::Token { user, ttl } = &command {
         return token(&config, user, *ttl);
     }
+    if command == Cmd::Healthcheck {
+        return healthcheck(&config);
+    }
     let result = actix_web::rt::System::new().block_on(async move {
         match command {
             Cmd::Serve => {
@@ -36,13 +51,48 @@ fn main() -> ExitCode {
                     .await
             }
             Cmd::Migrate => confab::store::migrate(&config.store).await,
-            Cmd::Token { .. } => unreachable!("handled above"),
+            Cmd::Token { .. } | Cmd::Healthcheck => unreachable!("handled above"),
         }
     });
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             log::error!("{e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// `confab healthcheck`: `GET /health` on this node's port (on 127.0.0.1
+/// when HOST is a wildcard), exit 0 on 200 and 1 otherwise, within 3 s.
+fn healthcheck(config: &Config) -> ExitCode {
+    use std::io::Read as _;
+    use std::net::{TcpStream, ToSocketAddrs};
+    use std::time::Duration;
+    let host = match config.host.as_str() {
+        "0.0.0.0" | "::" | "" => "127.0.0.1",
+        h => h,
+    };
+    let check = || -> std::io::Result<bool> {
+        let addr = (host, config.port)
+            .to_socket_addrs()?
+            .next()
+            .ok_or_else(|| std::io::Error::other("no address"))?;
+        let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(3))?;
+        s.set_read_timeout(Some(Duration::from_secs(3)))?;
+        s.write_all(b"GET /health HTTP/1.0\r\nHost: localhost\r\n\r\n")?;
+        let mut head = [0u8; 12];
+        s.read_exact(&mut head)?;
+        Ok(head.starts_with(b"HTTP/1.") && &head[9..12] == b"200")
+    };
+    match check() {
+        Ok(true) => ExitCode::SUCCESS,
+        Ok(false) => {
+            log::error!("the node at {host}:{} is not healthy", config.port);
+            ExitCode::FAILURE
+        }
+        Err(e) => {
+            log::error!("cannot reach the node at {host}:{}: {e}", config.port);
             ExitCode::FAILURE
         }
     }

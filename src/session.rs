@@ -84,8 +84,19 @@ pub async fn upgrade(
         }
         None => (asked, None),
     };
+    let client = req.peer_addr().map_or_else(String::new, |peer| {
+        let forwarded = req
+            .headers()
+            .get("x-forwarded-for")
+            .and_then(|v| v.to_str().ok());
+        node.config
+            .trusted_proxies
+            .client(peer.ip(), forwarded)
+            .to_string()
+    });
     let mut session = WsSession::new(node.into_inner(), user, slot);
     session.token_deadline = token_deadline;
+    session.client = client;
     let max = session.node.config.max_frame_bytes;
     ws::WsResponseBuilder::new(session, &req, stream)
         .frame_size(max)
@@ -130,6 +141,10 @@ pub struct WsSession {
     /// Token mode: when the token (with the leeway) expires; the
     /// connection closes with 4001 then.
     token_deadline: Option<Instant>,
+    /// The client's address (`X-Forwarded-For` when the peer is a trusted
+    /// proxy), for the connection's log lines.
+    client: String,
+    opened: Instant,
     _slot: Slot,
 }
 
@@ -148,6 +163,8 @@ impl WsSession {
             },
             outbound: Arc::default(),
             token_deadline: None,
+            client: String::new(),
+            opened: Instant::now(),
             _slot: slot,
         }
     }
@@ -314,7 +331,16 @@ impl Actor for WsSession {
             .into_actor(self)
             .then(|res, act, ctx| {
                 match res {
-                    Ok(id) => act.conn = Some(id),
+                    Ok(id) => {
+                        act.conn = Some(id);
+                        log::info!(
+                            "connection {} opened: node={} user={} client={}",
+                            id.0,
+                            act.node.config.node_id,
+                            act.user.as_ref().map_or("-", UserId::as_str),
+                            act.client
+                        );
+                    }
                     Err(_) => ctx.stop(),
                 }
                 fut::ready(())
@@ -325,6 +351,14 @@ impl Actor for WsSession {
     fn stopped(&mut self, _: &mut Self::Context) {
         self.node.metrics.connections.dec();
         if let Some(conn) = self.conn {
+            log::info!(
+                "connection {} closed after {:.1}s: node={} user={} client={}",
+                conn.0,
+                self.opened.elapsed().as_secs_f64(),
+                self.node.config.node_id,
+                self.user.as_ref().map_or("-", UserId::as_str),
+                self.client
+            );
             // Once per connection: waits for room in the mailbox, never dropped.
             let disconnect = self.server().send(Disconnect { conn });
             actix::spawn(async move {

@@ -151,6 +151,8 @@ settings! {
     rust_log: "RUST_LOG" = "info";
     /// Log colours: auto, always or never.
     rust_log_style: "RUST_LOG_STYLE" = "auto";
+    /// Log line format: text, or json (one JSON object per line).
+    log_format: "LOG_FORMAT" = "text";
 }
 
 /// `confab`: a real-time chat server. Every setting is an environment
@@ -170,6 +172,9 @@ pub enum Cmd {
     Serve,
     /// Apply the store's migrations and exit (for deploy pipelines).
     Migrate,
+    /// Ask this node's /health (HOST, PORT) and exit 0 when it is healthy,
+    /// 1 otherwise: the container health check, with no curl in the image.
+    Healthcheck,
     /// Print a token for USER signed with AUTH_SECRET (to try token mode,
     /// e.g. wscat -c "ws://127.0.0.1:8080/ws?token=$(confab token alice)").
     Token {

@@ -24,6 +24,7 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
         .route("/ws", web::get().to(session::upgrade))
         .route("/health", web::get().to(health))
         .route("/metrics", web::get().to(metrics))
+        .route("/whoami", web::get().to(whoami))
         .configure(rest::routes);
 }
 
@@ -31,6 +32,23 @@ async fn index() -> HttpResponse {
     HttpResponse::Ok()
         .content_type("text/html; charset=utf-8")
         .body(include_str!("../../static/index.html"))
+}
+
+/// `GET /whoami`: who a request's credentials speak for, so that a browser,
+/// which never sees why a WebSocket handshake failed, can ask before it
+/// retries. Token mode: 200 `{"mode":"token","user_id":…}`, or the 401
+/// error of the token (`token_missing`, `token_expired`, `token_invalid`).
+/// Open mode: 200 `{"mode":"open","user_id":null}`.
+async fn whoami(req: HttpRequest, node: web::Data<NodeContext>) -> HttpResponse {
+    let mode = if node.config.auth.is_some() {
+        "token"
+    } else {
+        "open"
+    };
+    match rest_user(&req, &node) {
+        Ok(user) => HttpResponse::Ok().json(json!({"mode": mode, "user_id": user})),
+        Err(e) => error_response(&e, None),
+    }
 }
 
 /// 200 when every configured service answers, else 503 naming the one down.

@@ -54,9 +54,14 @@ impl TestNode {
             std::thread::spawn(move || {
                 let mut tx = Some(tx);
                 for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-                    if let Some(addr) = line.split("confab listening on http://").nth(1) {
+                    if let Some(rest) = line.split("confab listening on http://").nth(1) {
+                        // The address alone, also from a LOG_FORMAT=json line.
+                        let addr: String = rest
+                            .chars()
+                            .take_while(|c| c.is_ascii_alphanumeric() || ".:[]".contains(*c))
+                            .collect();
                         if let Some(tx) = tx.take() {
-                            let _ = tx.send(addr.trim().to_string());
+                            let _ = tx.send(addr);
                         }
                     }
                     if let Ok(mut l) = log.lock() {
