@@ -309,6 +309,9 @@ mod tests {
         async fn all_events(&self) -> Result<Vec<crate::protocol::Event>, StoreError> {
             Ok(Vec::new())
         }
+        async fn stats(&self) -> Result<(u64, u64), StoreError> {
+            Ok((0, 0))
+        }
         async fn ping(&self) -> Result<(), StoreError> {
             Ok(())
         }

@@ -134,3 +134,70 @@ async fn confab_healthcheck_exits_0_for_a_healthy_node_and_1_for_none() {
         "{down:?}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stats_count_rooms_events_and_connections() {
+    let node = TestNode::start(Backend::Sqlite).await;
+    let mut a = node.client().await;
+    a.ok(json!({"user_id":"a","type":"create","room":"one"}))
+        .await;
+    a.ok(json!({"type":"message","room":"one","message":"x"}))
+        .await;
+    a.ok(json!({"type":"create","room":"two"})).await;
+    let (status, body) = node.http("GET", "/stats", None).await;
+    assert_eq!(status, 200, "{body}");
+    let v: Value = serde_json::from_str(&body).unwrap();
+    let name = a.hello["node"].clone();
+    assert_eq!(
+        v,
+        json!({"rooms":2,"events":3,"connections":1,
+               "nodes":[{"node":name,"connections":1}]})
+    );
+}
+
+/// Every node answers `/stats` alike: the nodes alive with their counts.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stats_are_the_same_on_every_node_of_a_cluster() {
+    let cluster = common::Cluster::start(2).await;
+    let mut a = cluster.client(0).await;
+    a.ok(json!({"user_id":"a","type":"create","room":"r"}))
+        .await;
+    let _b = cluster.client(1).await;
+    let _c = cluster.client(1).await;
+    let names: Vec<String> = {
+        let mut n = vec![
+            a.hello["node"].as_str().unwrap().to_owned(),
+            _b.hello["node"].as_str().unwrap().to_owned(),
+        ];
+        n.sort();
+        n
+    };
+    let expected = |counts: [u64; 2]| {
+        // Connection counts by node name, in name order.
+        let by_name: Vec<u64> = if names[0] == a.hello["node"] {
+            counts.to_vec()
+        } else {
+            vec![counts[1], counts[0]]
+        };
+        json!({"rooms":1,"events":1,"connections":3,
+               "nodes":[{"node":names[0],"connections":by_name[0]},
+                        {"node":names[1],"connections":by_name[1]}]})
+    };
+    let want = expected([1, 2]);
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(5);
+    for i in 0..2 {
+        loop {
+            let (status, body) = cluster.node(i).http("GET", "/stats", None).await;
+            assert_eq!(status, 200, "{body}");
+            let v: Value = serde_json::from_str(&body).unwrap();
+            if v == want {
+                break;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "node {i}: {v} is not {want}"
+            );
+            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        }
+    }
+}

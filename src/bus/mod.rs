@@ -149,13 +149,24 @@ impl BusHandle {
 #[derive(Clone)]
 pub struct BusHealth {
     up: Arc<AtomicBool>,
+    nodes: NodeCounts,
 }
 
 impl BusHealth {
     pub fn is_up(&self) -> bool {
         self.up.load(Ordering::Relaxed)
     }
+
+    /// The nodes alive (seen within the presence TTL) and their connection
+    /// counts, as presence last read them from Redis, by name.
+    pub fn nodes(&self) -> Vec<(String, u64)> {
+        self.nodes.lock().map(|n| n.clone()).unwrap_or_default()
+    }
 }
+
+/// The nodes alive and their connection counts, shared between the presence
+/// task (which writes it every tick) and `/stats`.
+pub type NodeCounts = Arc<std::sync::Mutex<Vec<(String, u64)>>>;
 
 /// The configured bus, connected but not started.
 pub enum Bus {

@@ -12,7 +12,10 @@ use std::time::{Duration, Instant};
 
 use actix::Recipient;
 
+use std::sync::Arc;
+
 use crate::messages::{LocalPresence, RemotePresence};
+use crate::metrics::Metrics;
 use crate::protocol::UserId;
 
 /// How often presence is written and read.
@@ -21,16 +24,35 @@ pub const PRESENCE_TICK: Duration = Duration::from_millis(500);
 /// go offline within this).
 pub const PRESENCE_TTL: Duration = Duration::from_secs(10);
 
-/// Writes this node's online users and reads the other nodes', every tick.
-pub(super) async fn run(
-    pool: deadpool_redis::Pool,
-    channel: String,
-    node: String,
-    local_users: Recipient<LocalPresence>,
-    remote: Recipient<RemotePresence>,
-) {
+/// What the presence task works with.
+pub(super) struct Presence {
+    pub pool: deadpool_redis::Pool,
+    pub channel: String,
+    pub node: String,
+    pub local_users: Recipient<LocalPresence>,
+    pub remote: Recipient<RemotePresence>,
+    /// This node's connection count (`confab_connections`).
+    pub metrics: Arc<Metrics>,
+    /// Where the nodes alive and their counts go, for `/stats`.
+    pub nodes: super::NodeCounts,
+}
+
+/// Writes this node's online users and connection count, and reads the
+/// other nodes', every tick. The count is the key
+/// `<channel>:presence:<node>:connections`, with the same TTL.
+pub(super) async fn run(p: Presence) {
+    let Presence {
+        pool,
+        channel,
+        node,
+        local_users,
+        remote,
+        metrics,
+        nodes: counts,
+    } = p;
     let nodes_key = format!("{channel}:presence:nodes");
     let own_key = format!("{channel}:presence:{node}");
+    let count_key = format!("{channel}:presence:{node}:connections");
     let ttl_ms = PRESENCE_TTL.as_millis() as i64;
     let mut tick = tokio::time::interval(PRESENCE_TICK);
     // What this node last wrote, and when: the set is written again when it
@@ -62,7 +84,14 @@ pub(super) async fn run(
                     .ignore();
                 }
             }
+            let connections = metrics.connections.get().max(0);
             pipe.pexpire(&own_key, ttl_ms)
+                .ignore()
+                .cmd("SET")
+                .arg(&count_key)
+                .arg(connections)
+                .arg("PX")
+                .arg(ttl_ms)
                 .ignore()
                 .zadd(&nodes_key, &node, now_ms)
                 .ignore()
@@ -80,6 +109,20 @@ pub(super) async fn run(
             } else {
                 read.query_async(&mut conn).await?
             };
+            let mut read = redis::pipe();
+            for n in &nodes {
+                read.get(format!("{channel}:presence:{n}:connections"));
+            }
+            let alive: Vec<Option<u64>> = read.query_async(&mut conn).await?;
+            let mut alive: Vec<(String, u64)> = nodes
+                .iter()
+                .zip(alive)
+                .map(|(n, c)| (n.clone(), c.unwrap_or(0)))
+                .collect();
+            alive.sort();
+            if let Ok(mut shared) = counts.lock() {
+                *shared = alive;
+            }
             anyhow::Ok(sets)
         }
         .await;

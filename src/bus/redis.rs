@@ -38,6 +38,8 @@ pub struct RedisBus {
     queue: mpsc::UnboundedReceiver<Vec<LiveEvent>>,
     metrics: Arc<Metrics>,
     up: Arc<AtomicBool>,
+    /// The nodes alive and their connection counts, as presence last read them.
+    nodes: super::NodeCounts,
 }
 
 impl RedisBus {
@@ -77,6 +79,7 @@ impl RedisBus {
             queue,
             metrics,
             up: Arc::new(AtomicBool::new(true)),
+            nodes: super::NodeCounts::default(),
         })
     }
 
@@ -90,6 +93,7 @@ impl RedisBus {
     pub fn health(&self) -> BusHealth {
         BusHealth {
             up: self.up.clone(),
+            nodes: self.nodes.clone(),
         }
     }
 
@@ -105,7 +109,9 @@ impl RedisBus {
             queue,
             metrics,
             up,
+            nodes,
         } = self;
+        let metrics_for_presence = metrics.clone();
         actix::spawn(publisher(
             pool.clone(),
             Signer {
@@ -128,13 +134,15 @@ impl RedisBus {
             up,
         };
         actix::spawn(subscriber.run(first));
-        actix::spawn(super::presence::run(
+        actix::spawn(super::presence::run(super::presence::Presence {
             pool,
             channel,
             node,
-            hub.local,
-            hub.presence,
-        ));
+            local_users: hub.local,
+            remote: hub.presence,
+            metrics: metrics_for_presence,
+            nodes,
+        }));
     }
 }
 

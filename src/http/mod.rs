@@ -25,6 +25,7 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
         .route("/health", web::get().to(health))
         .route("/metrics", web::get().to(metrics))
         .route("/whoami", web::get().to(whoami))
+        .route("/stats", web::get().to(stats))
         .configure(rest::routes);
 }
 
@@ -49,6 +50,38 @@ async fn whoami(req: HttpRequest, node: web::Data<NodeContext>) -> HttpResponse 
         Ok(user) => HttpResponse::Ok().json(json!({"mode": mode, "user_id": user})),
         Err(e) => error_response(&e, None),
     }
+}
+
+/// `GET /stats`: rooms, events, connections and the nodes alive with their
+/// connection counts; the same on every node. Rooms and events come from
+/// the `rooms` table (a count and a sum of last seqs, never a scan of
+/// `events`); nodes and connections from the presence keys in Redis, or
+/// this node alone without Redis.
+async fn stats(node: web::Data<NodeContext>) -> HttpResponse {
+    let (rooms, events) = match tokio::time::timeout(HEALTH_TIMEOUT, node.store.stats()).await {
+        Ok(Ok(counts)) => counts,
+        Ok(Err(e)) => {
+            log::error!("stats read failed: {e}");
+            node.metrics.store_errors.inc();
+            return error_response(&ProtoError::unavailable(), None);
+        }
+        Err(_) => return error_response(&ProtoError::unavailable(), None),
+    };
+    let own = u64::try_from(node.metrics.connections.get()).unwrap_or(0);
+    let nodes = match node.bus_health.as_ref().map(|b| b.nodes()) {
+        Some(nodes) if !nodes.is_empty() => nodes,
+        _ => vec![(node.config.node_id.clone(), own)],
+    };
+    let connections: u64 = nodes.iter().map(|(_, c)| c).sum();
+    HttpResponse::Ok().json(json!({
+        "rooms": rooms,
+        "events": events,
+        "connections": connections,
+        "nodes": nodes
+            .iter()
+            .map(|(name, c)| json!({"node": name, "connections": c}))
+            .collect::<Vec<_>>(),
+    }))
 }
 
 /// 200 when every configured service answers, else 503 naming the one down.

@@ -422,6 +422,10 @@ pub trait EventStore: Send + Sync + 'static {
     /// Every event of the log in order, for the fold test and audits.
     async fn all_events(&self) -> Result<Vec<Event>, StoreError>;
 
+    /// How many rooms there are and how many events they hold (the sum of
+    /// their last seqs: each room's seqs are gap-free), from `rooms` alone.
+    async fn stats(&self) -> Result<(u64, u64), StoreError>;
+
     /// A cheap round trip, for `/health`.
     async fn ping(&self) -> Result<(), StoreError>;
 }

@@ -962,6 +962,19 @@ impl EventStore for PgStore {
         rows.iter().map(event_from_row).collect()
     }
 
+    async fn stats(&self) -> Result<(u64, u64), StoreError> {
+        let client = self.pool.get().await?;
+        let st = client
+            .prepare_cached("SELECT count(*), coalesce(sum(last_seq), 0)::int8 FROM rooms")
+            .await?;
+        let row = client.query_one(&st, &[]).await?;
+        let (rooms, events): (i64, i64) = (row.try_get(0)?, row.try_get(1)?);
+        Ok((
+            rooms.try_into().unwrap_or(0),
+            events.try_into().unwrap_or(0),
+        ))
+    }
+
     async fn ping(&self) -> Result<(), StoreError> {
         let client = self.pool.get().await?;
         client.simple_query("SELECT 1").await?;

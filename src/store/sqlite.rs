@@ -757,6 +757,19 @@ impl EventStore for SqliteStore {
         .await
     }
 
+    async fn stats(&self) -> Result<(u64, u64), StoreError> {
+        Self::with(&self.reader, |conn| {
+            let (rooms, events): (i64, i64) = conn
+                .prepare_cached("SELECT count(*), coalesce(sum(last_seq), 0) FROM rooms")?
+                .query_row([], |r| Ok((r.get(0)?, r.get(1)?)))?;
+            Ok((
+                rooms.try_into().unwrap_or(0),
+                events.try_into().unwrap_or(0),
+            ))
+        })
+        .await
+    }
+
     async fn ping(&self) -> Result<(), StoreError> {
         Self::with(&self.reader, |conn| {
             conn.query_row("SELECT 1", [], |_| Ok(()))?;
