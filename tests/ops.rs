@@ -201,3 +201,45 @@ async fn stats_are_the_same_on_every_node_of_a_cluster() {
         }
     }
 }
+
+/// `/openapi.json` describes every route, and every route it describes
+/// exists: none answers with the router's bare 404.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn openapi_describes_the_routes_that_exist() {
+    let node = TestNode::start(Backend::Sqlite).await;
+    let mut a = node.client().await;
+    a.ok(json!({"user_id":"alice","type":"create","room":"r"}))
+        .await;
+    let (status, body) = node.http("GET", "/openapi.json", None).await;
+    assert_eq!(status, 200);
+    let doc: Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(doc["openapi"], "3.1.0");
+    let paths = doc["paths"].as_object().unwrap();
+    assert!(paths.len() >= 25, "{:?}", paths.keys());
+    for (path, item) in paths {
+        let concrete = path.replace("{room}", "r").replace("{user}", "bob");
+        for method in item.as_object().unwrap().keys() {
+            let body = json!({"user_id":"alice"});
+            let (status, _, text) = http_with(
+                &node.addr,
+                &method.to_uppercase(),
+                &concrete,
+                &[],
+                Some(&body),
+            )
+            .await;
+            let bare_404 = status == 404 && serde_json::from_str::<Value>(&text).is_err();
+            assert!(
+                !bare_404,
+                "{method} {path}: no such route ({status} {text:?})"
+            );
+        }
+    }
+    // And the router's bare 404 is what a route that does not exist gets.
+    let (status, _, text) = http_with(&node.addr, "GET", "/no/such/route", &[], None).await;
+    assert_eq!(status, 404);
+    assert!(serde_json::from_str::<Value>(&text).is_err());
+    let (status, body) = node.http("GET", "/asyncapi.json", None).await;
+    assert_eq!(status, 200);
+    assert!(serde_json::from_str::<Value>(&body).is_ok());
+}

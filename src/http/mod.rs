@@ -3,6 +3,7 @@
 //! ChatServer or the store; they hold no state.
 
 pub mod limit;
+pub mod openapi;
 mod rest;
 
 use std::time::Duration;
@@ -15,18 +16,83 @@ use crate::metrics::CONTENT_TYPE as METRICS_CONTENT_TYPE;
 use crate::node::NodeContext;
 use crate::protocol::{error_json, ErrorCode, ProtoError, RoomName, UserId};
 use crate::session;
+use openapi::{Method, Route};
 
 /// How long `/health` waits for each service.
 const HEALTH_TIMEOUT: Duration = Duration::from_secs(2);
 
-pub fn routes(cfg: &mut web::ServiceConfig) {
-    cfg.route("/", web::get().to(index))
-        .route("/ws", web::get().to(session::upgrade))
-        .route("/health", web::get().to(health))
-        .route("/metrics", web::get().to(metrics))
-        .route("/whoami", web::get().to(whoami))
-        .route("/stats", web::get().to(stats))
-        .configure(rest::routes);
+/// The routes: each entry registers a handler and documents it in
+/// `/openapi.json` ([`openapi::document`]), from one table.
+macro_rules! routes {
+    ($( $handler:path => $route:expr ),* $(,)?) => {
+        /// Every route this node serves, as registered and as documented.
+        pub const ROUTES: &[Route] = &[ $( $route ),* ];
+
+        pub fn routes(cfg: &mut web::ServiceConfig) {
+            $({
+                const R: Route = $route;
+                cfg.route(R.path, R.method.route().to($handler));
+            })*
+        }
+    };
+}
+
+const ROOM_READER: &[(&str, &str)] = &[(
+    "user_id",
+    "open mode: the reader (a private room needs a member)",
+)];
+const HISTORY_QUERY: &[(&str, &str)] = &[
+    ("since", "events with a seq above this"),
+    ("before", "events with a seq below this"),
+    ("limit", "1-1000, default 100"),
+    ("user_id", "open mode: ignored (a private room answers 404)"),
+];
+
+routes! {
+    index => Route::new(Method::Get, "/", "the web chat").tag("web").content("text/html").open(),
+    session::upgrade => Route::new(Method::Get, "/ws", "upgrade to the WebSocket protocol (/asyncapi.json)")
+        .tag("web").query(&[("user_id", "the connection's user (open mode)"), ("token", "the JWT (token mode)")]).ok(101, "Error").open(),
+    health => Route::new(Method::Get, "/health", "whether the store and Redis answer").tag("operations").ok(200, "Health").open(),
+    metrics => Route::new(Method::Get, "/metrics", "the metrics, OpenMetrics text").tag("operations")
+        .content("application/openmetrics-text").open(),
+    stats => Route::new(Method::Get, "/stats", "rooms, events, connections and the nodes alive").tag("operations").ok(200, "Stats").open(),
+    whoami => Route::new(Method::Get, "/whoami", "who the request's credentials speak for").tag("operations").ok(200, "WhoAmI"),
+    openapi_json => Route::new(Method::Get, "/openapi.json", "this document").tag("operations").open(),
+    asyncapi_json => Route::new(Method::Get, "/asyncapi.json", "the WebSocket protocol, AsyncAPI 3").tag("operations").open(),
+    rest::rooms => Route::new(Method::Get, "/rooms", "the rooms the caller may see (a list of RoomInfo)").ok(200, "RoomInfo"),
+    rest::create => Route::new(Method::Post, "/rooms", "create a room").body("CreateBody").ok(201, "Ack"),
+    rest::events => Route::new(Method::Get, "/rooms/{room}/events", "a page of the room's events").query(HISTORY_QUERY).ok(200, "History"),
+    rest::read_room => Route::new(Method::Get, "/rooms/{room}/members", "the room's members").query(ROOM_READER).ok(200, "Members"),
+    rest::read_room => Route::new(Method::Get, "/rooms/{room}/bans", "the room's bans (owner and admins)").query(ROOM_READER).ok(200, "Bans"),
+    rest::room_action => Route::new(Method::Post, "/rooms/{room}/messages", "post a message (201; 200 for a repeated client_msg_id)").body("MessageBody").ok(201, "Event"),
+    rest::room_action => Route::new(Method::Post, "/rooms/{room}/join", "join").body("CallerBody").ok(200, "Ack"),
+    rest::room_action => Route::new(Method::Post, "/rooms/{room}/leave", "leave").body("CallerBody").ok(200, "Ack"),
+    rest::room_action => Route::new(Method::Post, "/rooms/{room}/invite", "invite a user").body("UserBody").ok(200, "Ack"),
+    rest::room_action => Route::new(Method::Post, "/rooms/{room}/uninvite", "take an invitation back").body("UserBody").ok(200, "Ack"),
+    rest::room_action => Route::new(Method::Post, "/rooms/{room}/kick", "kick a member").body("UserBody").ok(200, "Ack"),
+    rest::room_action => Route::new(Method::Post, "/rooms/{room}/ban", "ban a member").body("BanBody").ok(200, "Ack"),
+    rest::room_action => Route::new(Method::Post, "/rooms/{room}/unban", "lift a ban").body("UserBody").ok(200, "Ack"),
+    rest::room_action => Route::new(Method::Post, "/rooms/{room}/role", "set a member's role (set_role)").body("RoleBody").ok(200, "Ack"),
+    rest::room_action => Route::new(Method::Post, "/rooms/{room}/edit", "edit one's message").body("EditBody").ok(200, "Ack"),
+    rest::room_action => Route::new(Method::Post, "/rooms/{room}/delete", "delete a message").body("SeqBody").ok(200, "Ack"),
+    rest::room_action => Route::new(Method::Post, "/rooms/{room}/react", "react to a message").body("ReactBody").ok(200, "Ack"),
+    rest::room_action => Route::new(Method::Post, "/rooms/{room}/unreact", "take a reaction back").body("ReactBody").ok(200, "Ack"),
+    rest::room_action => Route::new(Method::Post, "/rooms/{room}/read", "move the read marker").body("SeqBody").ok(200, "Ack"),
+    rest::dm => Route::new(Method::Post, "/dm/{user}", "open (or find) the DM with a user").tag("users").body("CallerBody").ok(200, "Ack"),
+    rest::block => Route::new(Method::Post, "/blocks/{user}", "block a user").tag("users").body("CallerBody").ok(200, "Ack"),
+    rest::block => Route::new(Method::Delete, "/blocks/{user}", "unblock a user").tag("users").body("CallerBody").ok(200, "Ack"),
+}
+
+/// `GET /openapi.json`: [`openapi::document`] of [`ROUTES`].
+async fn openapi_json() -> HttpResponse {
+    HttpResponse::Ok().json(openapi::document(ROUTES))
+}
+
+/// `GET /asyncapi.json`: the WebSocket protocol, described in the protocol crate.
+async fn asyncapi_json() -> HttpResponse {
+    HttpResponse::Ok()
+        .content_type("application/json")
+        .body(include_str!("../../crates/confab-protocol/asyncapi.json"))
 }
 
 async fn index() -> HttpResponse {

@@ -49,19 +49,7 @@ const ROOM_ACTIONS: &[(&str, &str)] = &[
     ("read", "read"),
 ];
 
-pub fn routes(cfg: &mut web::ServiceConfig) {
-    cfg.route("/rooms", web::get().to(rooms))
-        .route("/rooms", web::post().to(create))
-        .route("/rooms/{room}/events", web::get().to(events))
-        .route("/rooms/{room}/members", web::get().to(read_room))
-        .route("/rooms/{room}/bans", web::get().to(read_room))
-        .route("/rooms/{room}/{action}", web::post().to(room_action))
-        .route("/dm/{user}", web::post().to(dm))
-        .route("/blocks/{user}", web::post().to(block))
-        .route("/blocks/{user}", web::delete().to(block));
-}
-
-async fn rooms(req: HttpRequest, node: web::Data<NodeContext>) -> HttpResponse {
+pub(super) async fn rooms(req: HttpRequest, node: web::Data<NodeContext>) -> HttpResponse {
     let user = match rest_user(&req, &node) {
         Ok(user) => user,
         Err(e) => return error_response(&e, None),
@@ -100,7 +88,7 @@ async fn post(
 
 /// `GET /rooms/{room}/events?since=&before=&limit=`: a `history` page; in
 /// token mode only for a member (the token's user).
-async fn events(
+pub(super) async fn events(
     req: HttpRequest,
     node: web::Data<NodeContext>,
     path: web::Path<String>,
@@ -160,32 +148,30 @@ fn body_object(body: &[u8]) -> Result<Map<String, Value>, ProtoError> {
 }
 
 /// `POST /rooms` with `{"room","private"?}`: `create`.
-async fn create(req: HttpRequest, node: web::Data<NodeContext>, body: web::Bytes) -> HttpResponse {
+pub(super) async fn create(
+    req: HttpRequest,
+    node: web::Data<NodeContext>,
+    body: web::Bytes,
+) -> HttpResponse {
     match body_object(&body) {
         Ok(obj) => submit(&req, &node, "create", obj).await,
         Err(e) => error_response(&e, None),
     }
 }
 
-/// `POST /rooms/{room}/{action}`: `message`, `join`, `leave`, `invite`,
-/// `uninvite`, `kick`, `ban`, `unban`, `set_role`.
-async fn room_action(
+/// `POST /rooms/{room}/{action}` for each action of [`ROOM_ACTIONS`] (each
+/// its own route): the command named by the path's last segment.
+pub(super) async fn room_action(
     req: HttpRequest,
     node: web::Data<NodeContext>,
-    path: web::Path<(String, String)>,
+    path: web::Path<String>,
     body: web::Bytes,
 ) -> HttpResponse {
-    let (room, action) = path.into_inner();
+    let action = req.path().rsplit('/').next().unwrap_or_default();
     let Some((_, kind)) = ROOM_ACTIONS.iter().find(|(a, _)| *a == action) else {
-        let err = ProtoError::new(
-            ErrorCode::UnknownType,
-            format!("no route POST /rooms/{{room}}/{action}"),
-        );
-        return HttpResponse::NotFound()
-            .content_type("application/json")
-            .body(crate::protocol::error_json(None, &err, None));
+        return error_response(&ProtoError::internal(), None);
     };
-    let room = match RoomName::parse(&room) {
+    let room = match RoomName::parse(&path) {
         Ok(r) => r,
         Err(e) => return error_response(&e, None),
     };
@@ -199,7 +185,7 @@ async fn room_action(
 }
 
 /// `GET /rooms/{room}/members` and `GET /rooms/{room}/bans`.
-async fn read_room(
+pub(super) async fn read_room(
     req: HttpRequest,
     node: web::Data<NodeContext>,
     path: web::Path<String>,
@@ -222,7 +208,7 @@ async fn read_room(
 }
 
 /// `POST /dm/{user}`.
-async fn dm(
+pub(super) async fn dm(
     req: HttpRequest,
     node: web::Data<NodeContext>,
     path: web::Path<String>,
@@ -232,7 +218,7 @@ async fn dm(
 }
 
 /// `POST /blocks/{user}` (`block`) and `DELETE /blocks/{user}` (`unblock`).
-async fn block(
+pub(super) async fn block(
     req: HttpRequest,
     node: web::Data<NodeContext>,
     path: web::Path<String>,
