@@ -1,11 +1,11 @@
 //! The protocol's error codes and the error a command fails with.
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use crate::RoomName;
 
 /// The protocol's error codes.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum ErrorCode {
     InvalidJson,
@@ -51,6 +51,39 @@ pub enum ErrorCode {
 }
 
 impl ErrorCode {
+    /// Every code, in declaration order. A test checks it against the
+    /// enum's variants (read from its derived `Deserialize`), so a new code
+    /// that is not added here fails it.
+    pub const ALL: &'static [ErrorCode] = &[
+        ErrorCode::InvalidJson,
+        ErrorCode::UnknownType,
+        ErrorCode::InvalidField,
+        ErrorCode::InvalidRoom,
+        ErrorCode::MessageTooLong,
+        ErrorCode::RoomExists,
+        ErrorCode::NoSuchRoom,
+        ErrorCode::NotAMember,
+        ErrorCode::UserMismatch,
+        ErrorCode::TooManyRooms,
+        ErrorCode::RateLimited,
+        ErrorCode::Unavailable,
+        ErrorCode::UnsupportedFrame,
+        ErrorCode::Internal,
+        ErrorCode::TokenMissing,
+        ErrorCode::TokenExpired,
+        ErrorCode::TokenInvalid,
+        ErrorCode::OriginNotAllowed,
+        ErrorCode::Forbidden,
+        ErrorCode::Banned,
+        ErrorCode::NoSuchMember,
+        ErrorCode::AlreadyMember,
+        ErrorCode::NotInvited,
+        ErrorCode::NotBanned,
+        ErrorCode::NoSuchEvent,
+        ErrorCode::NotAuthor,
+        ErrorCode::NoSuchReaction,
+    ];
+
     pub fn as_str(self) -> &'static str {
         match self {
             ErrorCode::InvalidJson => "invalid_json",

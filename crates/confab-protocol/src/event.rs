@@ -34,6 +34,27 @@ pub enum EventKind {
 }
 
 impl EventKind {
+    /// Every kind, in declaration order (the stored kinds, then the
+    /// ephemeral ones). A test checks it against the enum's variants.
+    pub const ALL: &'static [EventKind] = &[
+        EventKind::Create,
+        EventKind::Join,
+        EventKind::Leave,
+        EventKind::Message,
+        EventKind::Invite,
+        EventKind::Uninvite,
+        EventKind::Role,
+        EventKind::Kick,
+        EventKind::Ban,
+        EventKind::Unban,
+        EventKind::Edit,
+        EventKind::Delete,
+        EventKind::React,
+        EventKind::Unreact,
+        EventKind::Typing,
+        EventKind::Read,
+    ];
+
     pub fn as_str(self) -> &'static str {
         match self {
             EventKind::Create => "create",

@@ -7,6 +7,8 @@
 //! Text goes in and comes out as [`Command`]s (or a [`ProtoError`] carrying
 //! the protocol's code) and typed replies go out as JSON text.
 
+#[cfg(test)]
+mod asyncapi_tests;
 mod command;
 mod envelope;
 mod error;
@@ -26,6 +28,11 @@ pub use names::{Ref, RoomName, Seq, UserId, DM_PREFIX};
 pub use reply::{
     error_json, Ack, BanInfo, HelloLimits, MemberInfo, NoticeKind, Reply, RoomInfo, Standing,
 };
+
+/// The AsyncAPI 3 description of this protocol (served at `/asyncapi.json`):
+/// every command, reply, event, notice and error code, checked against this
+/// crate's types by `asyncapi_tests`.
+pub const ASYNCAPI: &str = include_str!("../asyncapi.json");
 
 /// The protocol version announced in `hello`.
 pub const PROTOCOL_VERSION: u32 = 1;

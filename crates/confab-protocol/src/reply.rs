@@ -90,6 +90,28 @@ pub enum NoticeKind {
     Mention,
 }
 
+impl NoticeKind {
+    /// Every kind, in declaration order. A test checks it against the
+    /// enum's variants.
+    pub const ALL: &'static [NoticeKind] = &[
+        NoticeKind::Invite,
+        NoticeKind::Dm,
+        NoticeKind::Kick,
+        NoticeKind::Ban,
+        NoticeKind::Mention,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            NoticeKind::Invite => "invite",
+            NoticeKind::Dm => "dm",
+            NoticeKind::Kick => "kick",
+            NoticeKind::Ban => "ban",
+            NoticeKind::Mention => "mention",
+        }
+    }
+}
+
 /// Every frame the server sends that is not an event.
 #[derive(Debug, Serialize)]
 #[serde(tag = "type", rename_all = "snake_case")]

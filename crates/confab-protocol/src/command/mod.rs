@@ -432,7 +432,56 @@ impl Members {
     }
 }
 
+/// How the fields of one command type become a [`Command`].
+type ParseFn = fn(&Fields<'_>, CommandLimits) -> Result<Command, ProtoError>;
+
+/// Every command `type` and its parser: [`Command::parse`] accepts exactly
+/// these names, and [`Command::types`] lists them (asyncapi.json is checked
+/// against that list).
+const PARSERS: &[(&str, ParseFn)] = &[
+    ("create", |f, _| Create::parse(f).map(Command::Create)),
+    ("join", |f, _| Join::parse(f).map(Command::Join)),
+    ("leave", |f, _| Leave::parse(f).map(Command::Leave)),
+    ("message", |f, l| {
+        SendMessage::parse(f, l).map(Command::Message)
+    }),
+    ("history", |f, _| History::parse(f).map(Command::History)),
+    ("rooms", |_, _| Ok(Command::Rooms)),
+    ("members", |f, _| Members::parse(f).map(Command::Members)),
+    ("ping", |_, _| Ok(Command::Ping)),
+    ("invite", |f, _| {
+        Moderate::parse(Act::Invite, f).map(Command::Moderate)
+    }),
+    ("uninvite", |f, _| {
+        Moderate::parse(Act::Uninvite, f).map(Command::Moderate)
+    }),
+    ("kick", |f, _| {
+        Moderate::parse(Act::Kick, f).map(Command::Moderate)
+    }),
+    ("ban", |f, _| Ban::parse(f).map(Command::Ban)),
+    ("unban", |f, _| {
+        Moderate::parse(Act::Unban, f).map(Command::Moderate)
+    }),
+    ("bans", |f, _| Members::parse(f).map(Command::Bans)),
+    ("set_role", |f, _| SetRole::parse(f).map(Command::SetRole)),
+    ("dm", |f, _| Dm::parse(f).map(Command::Dm)),
+    ("block", |f, _| Block::parse(true, f).map(Command::Block)),
+    ("unblock", |f, _| Block::parse(false, f).map(Command::Block)),
+    ("edit", |f, l| Edit::parse(f, l).map(Command::Edit)),
+    ("delete", |f, _| Delete::parse(f).map(Command::Delete)),
+    ("react", |f, _| React::parse(true, f).map(Command::React)),
+    ("unreact", |f, _| React::parse(false, f).map(Command::React)),
+    ("typing", |f, _| Typing::parse(f).map(Command::Typing)),
+    ("read", |f, _| Read::parse(f).map(Command::Read)),
+];
+
 impl Command {
+    /// Every command `type` the protocol has: exactly the names
+    /// [`Command::parse`] accepts.
+    pub fn types() -> impl Iterator<Item = &'static str> {
+        PARSERS.iter().map(|(name, _)| *name)
+    }
+
     /// The command's `type`, as echoed in its `ack`.
     pub fn name(&self) -> &'static str {
         match self {
@@ -502,38 +551,13 @@ impl Command {
                 ))
             }
         };
-        Ok(match kind {
-            "create" => Command::Create(Create::parse(fields)?),
-            "join" => Command::Join(Join::parse(fields)?),
-            "leave" => Command::Leave(Leave::parse(fields)?),
-            "message" => Command::Message(SendMessage::parse(fields, limits)?),
-            "history" => Command::History(History::parse(fields)?),
-            "rooms" => Command::Rooms,
-            "members" => Command::Members(Members::parse(fields)?),
-            "ping" => Command::Ping,
-            "invite" => Command::Moderate(Moderate::parse(Act::Invite, fields)?),
-            "uninvite" => Command::Moderate(Moderate::parse(Act::Uninvite, fields)?),
-            "kick" => Command::Moderate(Moderate::parse(Act::Kick, fields)?),
-            "unban" => Command::Moderate(Moderate::parse(Act::Unban, fields)?),
-            "ban" => Command::Ban(Ban::parse(fields)?),
-            "bans" => Command::Bans(Members::parse(fields)?),
-            "set_role" => Command::SetRole(SetRole::parse(fields)?),
-            "dm" => Command::Dm(Dm::parse(fields)?),
-            "block" => Command::Block(Block::parse(true, fields)?),
-            "unblock" => Command::Block(Block::parse(false, fields)?),
-            "edit" => Command::Edit(Edit::parse(fields, limits)?),
-            "delete" => Command::Delete(Delete::parse(fields)?),
-            "react" => Command::React(React::parse(true, fields)?),
-            "unreact" => Command::React(React::parse(false, fields)?),
-            "typing" => Command::Typing(Typing::parse(fields)?),
-            "read" => Command::Read(Read::parse(fields)?),
-            other => {
-                return Err(ProtoError::new(
-                    ErrorCode::UnknownType,
-                    format!("unknown command type {:?}", truncate(other, 64)),
-                ))
-            }
-        })
+        match PARSERS.iter().find(|(name, _)| *name == kind) {
+            Some((_, parse)) => parse(fields, limits),
+            None => Err(ProtoError::new(
+                ErrorCode::UnknownType,
+                format!("unknown command type {:?}", truncate(kind, 64)),
+            )),
+        }
     }
 }
 

@@ -313,3 +313,14 @@ fn mentions_are_user_ids_without_repeats_and_at_most_fifty() {
         );
     }
 }
+
+#[test]
+fn the_missing_type_sentence_names_every_command_in_order() {
+    let message = parse("{}").command.expect_err("no type").message;
+    let (_, list) = message.split_once(": ").expect("a list after the colon");
+    let listed: Vec<&str> = list
+        .split(", ")
+        .flat_map(|part| part.split(" or "))
+        .collect();
+    assert_eq!(listed, Command::types().collect::<Vec<_>>());
+}
