@@ -107,8 +107,15 @@ const S = {
   membersOpen: window.matchMedia('(min-width: 1100px)').matches,
   refreshTimer: null,
   booted: false,
+  journal: [],              // what the connection did, newest last (for the console and tests)
 };
+
+function note(what, detail) {
+  S.journal.push({ at: Date.now(), what, ...detail });
+  if (S.journal.length > 300) S.journal.splice(0, 100);
+}
 window.confab = S; // for the console and the browser tests
+S.refreshRooms = () => refreshRooms();
 
 function isMember(info) { return info && ['owner', 'admin', 'member'].includes(info.role); }
 function maxRooms() { return (S.client && S.client.limits.max_rooms_per_connection) || 500; }
@@ -216,6 +223,10 @@ function start({ userId, token }) {
   client.on('pending', () => renderPendingAll());
   client.on('reset', onReset);
   client.on('event', onEvent);
+  client.on('state', ({ state, code, delay }) => note('state', { state, code, delay, node: client.node }));
+  client.on('joined', ({ room, resumed, recovered, seq }) => note('joined', { room, resumed, recovered, seq }));
+  client.on('gap', ({ room, after, before }) => note('gap', { room, after, before }));
+  client.on('reset', ({ epoch }) => note('reset', { epoch }));
   client.on('joined', ({ room }) => { const v = S.views.get(room); if (v && v.shown) v.markRead(); });
   client.on('gap', ({ room }) => { const v = S.views.get(room); if (v) v.reload(); });
   client.on('unsubscribed', onUnsubscribed);

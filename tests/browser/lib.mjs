@@ -75,6 +75,9 @@ export async function resolveStaticMode() {
 
 async function routeStatic(context) {
   if ((await resolveStaticMode()) !== 'disk') return;
+  // A page Playwright answers has no address Chromium can place, so its
+  // Local Network Access checks would refuse its WebSocket to 127.0.0.1.
+  await context.grantPermissions(['local-network-access'], { origin: new URL(BASE).origin });
   await context.route((url) => url.origin === new URL(BASE).origin && (url.pathname === '/' || url.pathname === '/index.html'
     || STATIC_FILES.includes(url.pathname.slice(1))), async (route) => {
     const p = new URL(route.request().url()).pathname;

@@ -1,0 +1,252 @@
+// The web chat in Chromium, through nginx in front of two nodes (issue 12):
+//   1. two pages chat in a room;
+//   3. an edit, a delete and a reaction on one page appear on the other;
+//   4. an unread badge appears and clears;
+//   2. the node one page is connected to is SIGKILLed: the page reconnects
+//      to the other node and shows every message once and in order,
+//      including those sent while it was away (last: it leaves one node).
+// Run by scripts/browser-test (node --test). A failure saves a screenshot
+// and the console log of each page under target/browser/.
+import { test, before, after } from 'node:test';
+import assert from 'node:assert/strict';
+import {
+  BASE, NODES, NODE_PIDS, launch, openPage, withArtifacts, waitOpen, nodeOf, messageTexts,
+  unique, postMessage, createRoom, restCommand, sleep,
+} from './lib.mjs';
+
+let browser;
+before(async () => { browser = await launch(); });
+after(async () => { if (browser) await browser.close(); });
+
+const T = 20000; // how long the page may take to show something
+
+async function send(page, text) {
+  await page.fill('#input', text);
+  await page.press('#input', 'Enter');
+}
+
+async function waitText(page, text, timeout = T) {
+  await page.locator('#items .msg .text', { hasText: text }).first().waitFor({ timeout });
+}
+
+async function roomShown(page, room) {
+  await page.locator('#room-name', { hasText: room }).waitFor({ timeout: T });
+}
+
+/** Wait until the page shows exactly `want` (texts, in order). */
+async function waitMessages(page, want, timeout = T) {
+  const until = Date.now() + timeout;
+  let got;
+  for (;;) {
+    got = await messageTexts(page);
+    if (JSON.stringify(got) === JSON.stringify(want)) return got;
+    if (Date.now() > until) break;
+    await sleep(100);
+  }
+  assert.deepEqual(got, want, 'the messages the page shows');
+  return got;
+}
+
+async function closeAll(...pages) {
+  for (const p of pages) if (p) await p.context().close().catch(() => {});
+}
+
+test('two pages chat in a room through nginx', { timeout: 90000 }, async (t) => {
+  const tag = unique('t1');
+  const room = 'lobby-' + tag;
+  const [alice, bob] = ['alice-' + tag, 'bob-' + tag];
+  await createRoom(BASE, room, alice);
+  const pa = await openPage(browser, { name: 'alice', user: alice, room });
+  const pb = await openPage(browser, { name: 'bob', user: bob, room });
+  await withArtifacts(t, [pa, pb], async () => {
+    await Promise.all([waitOpen(pa), waitOpen(pb)]);
+    await Promise.all([roomShown(pa, room), roomShown(pb, room)]);
+    t.diagnostic(`alice on ${await nodeOf(pa)}, bob on ${await nodeOf(pb)}`);
+
+    await send(pa, 'Hi Bob, can you read me?');
+    await waitText(pb, 'Hi Bob, can you read me?');
+    await send(pb, 'Loud and clear, Alice.');
+    await waitText(pa, 'Loud and clear, Alice.');
+    const want = ['Hi Bob, can you read me?', 'Loud and clear, Alice.'];
+    await waitMessages(pa, want);
+    await waitMessages(pb, want);
+    // Bob joined through the link: the member list shows both, online.
+    await pa.locator(`#member-list .member.online[data-user="${bob}"]`).waitFor({ timeout: 30000 });
+    // Bob's message is Bob's.
+    const author = await pa.locator('#items .msg', { hasText: 'Loud and clear' }).getAttribute('data-user');
+    assert.equal(author, bob);
+  });
+  await closeAll(pa, pb);
+});
+
+test('an edit, a delete and a reaction on one page appear on the other', { timeout: 90000 }, async (t) => {
+  const tag = unique('t3');
+  const room = 'edits-' + tag;
+  const [alice, bob] = ['alice-' + tag, 'bob-' + tag];
+  await createRoom(BASE, room, alice);
+  const pa = await openPage(browser, { name: 'alice', user: alice, room });
+  const pb = await openPage(browser, { name: 'bob', user: bob, room });
+  await withArtifacts(t, [pa, pb], async () => {
+    await Promise.all([waitOpen(pa), waitOpen(pb)]);
+    await Promise.all([roomShown(pa, room), roomShown(pb, room)]);
+    for (const m of ['Typo in this one', 'This one goes away', 'React to this']) await send(pa, m);
+    await waitMessages(pb, ['Typo in this one', 'This one goes away', 'React to this']);
+
+    const msgA = (text) => pa.locator('#items .msg', { hasText: text });
+    const msgB = (text) => pb.locator('#items .msg', { hasText: text });
+
+    // Edit: the message's Edit action fills the composer; Enter saves.
+    await msgA('Typo in this one').hover();
+    await msgA('Typo in this one').locator('[data-act=edit]').click();
+    await pa.locator('#compose-context', { hasText: 'Editing' }).waitFor();
+    await pa.fill('#input', 'No typo in this one');
+    await pa.press('#input', 'Enter');
+    await msgB('No typo in this one').locator('.edited').waitFor({ timeout: T });
+
+    // Delete, through the confirmation dialog.
+    await msgA('This one goes away').hover();
+    await msgA('This one goes away').locator('[data-act=delete]').click();
+    await pa.click('#confirm-ok');
+    await pb.locator('#items .msg .text.deleted').waitFor({ timeout: T });
+    assert.equal(await msgB('This one goes away').count(), 0, 'the deleted text is gone from the other page');
+
+    // React from the keyboard: focus the message, "+" opens the picker.
+    await msgA('React to this').focus();
+    await pa.keyboard.press('+');
+    await pa.locator('#picker button[title="👍"]').click();
+    const reactionB = msgB('React to this').locator('.reaction[data-emoji="👍"]');
+    await reactionB.locator('.n', { hasText: '1' }).waitFor({ timeout: T });
+    // Bob adds his: both pages count 2, and Bob's button is pressed.
+    await reactionB.click();
+    await msgA('React to this').locator('.reaction[data-emoji="👍"] .n', { hasText: '2' }).waitFor({ timeout: T });
+    await pb.locator('#items .msg', { hasText: 'React to this' }).locator('.reaction[aria-pressed=true]').waitFor({ timeout: T });
+
+    // What the server holds agrees.
+    const res = await fetch(`${BASE}/rooms/${room}/events?limit=100`).then((r) => r.json());
+    const msgs = res.events.filter((e) => e.type === 'message');
+    assert.equal(msgs[0].message, 'No typo in this one');
+    assert.equal(msgs[1].deleted, true);
+    assert.equal(msgs[2].reactions['👍'].count, 2);
+  });
+  await closeAll(pa, pb);
+});
+
+test('an unread badge appears and clears', { timeout: 90000 }, async (t) => {
+  const tag = unique('t4');
+  const [busy, quiet] = ['busy-' + tag, 'quiet-' + tag];
+  const [alice, bob] = ['alice-' + tag, 'bob-' + tag];
+  await createRoom(BASE, busy, alice);
+  await createRoom(BASE, quiet, alice);
+  await restCommand(BASE, `/rooms/${busy}/join`, bob);
+  const pa = await openPage(browser, { name: 'alice', user: alice, room: quiet });
+  await withArtifacts(t, [pa], async () => {
+    await waitOpen(pa);
+    await roomShown(pa, quiet);
+    const item = pa.locator(`#list-rooms .room-item[data-room="${busy}"]`);
+    await item.waitFor({ timeout: T });
+    assert.equal(await item.locator('.badge').count(), 0, 'no badge before anything is posted');
+
+    await postMessage(BASE, busy, bob, 'one');
+    await postMessage(BASE, busy, bob, 'two');
+    await item.locator('[data-badge=unread]', { hasText: '2' }).waitFor({ timeout: T });
+    // A mention gets its own badge.
+    await restCommand(BASE, `/rooms/${busy}/messages`, bob, { message: `@${alice} are you there?`, mentions: [alice] });
+    await item.locator('[data-badge=unread]', { hasText: '3' }).waitFor({ timeout: T });
+    await item.locator('[data-badge=mentions]', { hasText: '@1' }).waitFor({ timeout: T });
+    // The server counts the same (a `rooms` refresh keeps the badge).
+    await pa.evaluate(() => window.confab.refreshRooms());
+    await item.locator('[data-badge=unread]', { hasText: '3' }).waitFor({ timeout: T });
+
+    // Opening the room clears it, and the read marker moves on the server.
+    await item.click();
+    await roomShown(pa, busy);
+    await waitText(pa, 'are you there?');
+    await pa.locator(`#list-rooms .room-item[data-room="${busy}"] .badge`).waitFor({ state: 'detached', timeout: T });
+    await pa.locator(`#list-rooms .room-item[data-room="${quiet}"]`).click();
+    await roomShown(pa, quiet);
+    await sleep(500);
+    await pa.evaluate(() => window.confab.refreshRooms());
+    await sleep(300);
+    assert.equal(await item.locator('.badge').count(), 0, 'the badge stays cleared after a refresh from the server');
+    await pa.reload();
+    await waitOpen(pa);
+    await pa.locator(`#list-rooms .room-item[data-room="${busy}"]`).waitFor({ timeout: T });
+    assert.equal(await pa.locator(`#list-rooms .room-item[data-room="${busy}"] .badge`).count(), 0, 'and after a reload');
+  });
+  await closeAll(pa);
+});
+
+test('a page whose node is SIGKILLed moves to the other node and misses nothing', { timeout: 120000 }, async (t) => {
+  const tag = unique('t2');
+  const room = 'failover-' + tag;
+  const [alice, bob] = ['alice-' + tag, 'bob-' + tag];
+  await createRoom(BASE, room, alice);
+  await restCommand(BASE, `/rooms/${room}/join`, bob);
+  const pa = await openPage(browser, { name: 'alice', user: alice, room });
+  const pb = await openPage(browser, { name: 'bob', user: bob, room });
+  await withArtifacts(t, [pa, pb], async () => {
+    await Promise.all([waitOpen(pa), waitOpen(pb)]);
+    await Promise.all([roomShown(pa, room), roomShown(pb, room)]);
+    await send(pa, 'before 1');
+    await waitText(pb, 'before 1');
+    await send(pb, 'before 2');
+    await waitText(pa, 'before 2');
+
+    const victim = await nodeOf(pa);
+    const pid = Number(NODE_PIDS[victim]);
+    const others = Object.keys(NODES).filter((n) => n !== victim);
+    if (!pid || !others.length) {
+      t.skip(`no pid for ${victim} or no other node (CONFAB_NODE_PIDS, CONFAB_NODES)`);
+      return;
+    }
+    const survivor = others[0];
+    const survivorUrl = NODES[survivor];
+    t.diagnostic(`alice on ${victim} (pid ${pid}); bob on ${await nodeOf(pb)}; killing ${victim}`);
+
+    // Hold the page's JavaScript still, so that nothing it does can happen
+    // before the messages below are committed: they are all sent while it is
+    // away. Its socket dies with the node all the same.
+    const cdp = await pa.context().newCDPSession(pa);
+    await cdp.send('Debugger.enable');
+    await cdp.send('Debugger.pause');
+    process.kill(pid, 'SIGKILL');
+    const away = [];
+    for (let i = 1; i <= 5; i++) {
+      const text = `while away ${i}`;
+      await postMessage(survivorUrl, room, bob, text, `away-${tag}-${i}`);
+      away.push(text);
+    }
+    const postedAt = Date.now();
+    await cdp.send('Debugger.resume');
+    await cdp.detach();
+
+    // The page notices, reconnects through nginx (to the node left), and
+    // resumes with since.
+    await pa.waitForFunction((v) => window.confab.client.state === 'open' && window.confab.client.node !== v, victim, { timeout: 45000 });
+    assert.equal(await nodeOf(pa), survivor);
+    // Bob's page too, if it was on the same node; then both write again.
+    await waitOpen(pb, 45000);
+    await send(pb, 'after 1');
+    await waitText(pa, 'after 1');
+    await send(pa, 'after 2');
+
+    const want = ['before 1', 'before 2', ...away, 'after 1', 'after 2'];
+    await waitMessages(pa, want, 30000);
+    await waitMessages(pb, want, 30000);
+    // Nothing waits to be sent, and the store holds each message once.
+    assert.equal(await pa.locator('#pending .msg').count(), 0);
+    const res = await fetch(`${survivorUrl}/rooms/${room}/events?limit=100`).then((r) => r.json());
+    assert.deepEqual(res.events.filter((e) => e.type === 'message').map((e) => e.message), want);
+    // The page noticed the loss only after the messages were committed, and
+    // came back by resuming: a join with since that the server replayed.
+    const journal = await pa.evaluate(() => window.confab.journal);
+    const lost = journal.find((j) => j.what === 'state' && j.state === 'reconnecting');
+    assert.ok(lost && lost.at >= postedAt, 'the page was away while the messages were sent');
+    const rejoin = journal.find((j) => j.what === 'joined' && j.room === room && j.at > lost.at);
+    assert.ok(rejoin, 'the page joined the room again');
+    assert.equal(rejoin.resumed, true, 'with since');
+    assert.equal(rejoin.recovered, true, 'and the server replayed what it missed');
+    assert.ok(!journal.some((j) => j.what === 'gap'), 'no gap to fill from history');
+  });
+  await closeAll(pa, pb);
+});
