@@ -212,9 +212,16 @@ $('btn-signout').addEventListener('click', () => {
 function start({ userId, token }) {
   $('signin').hidden = true;
   $('app').hidden = false;
+  if (S.client) S.client.disconnect();
+  for (const v of S.views.values()) v.destroy();
+  S.views.clear();
+  S.rooms.clear();
+  S.active = null;
+  S.booted = false;
   S.token = token || null;
   S.me = userId || null;
   renderMe();
+  renderMain();
   const client = new Confab(token ? { token: () => S.token } : { userId });
   S.client = client;
 

@@ -11,7 +11,7 @@ import { test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
 import {
   BASE, NODES, NODE_PIDS, launch, openPage, withArtifacts, waitOpen, nodeOf, messageTexts,
-  unique, postMessage, createRoom, restCommand, sleep,
+  unique, postMessage, createRoom, restCommand, sleep, TOKEN_URL, TOKEN_SECRET, signToken,
 } from './lib.mjs';
 
 let browser;
@@ -249,4 +249,36 @@ test('a page whose node is SIGKILLed moves to the other node and misses nothing'
     assert.ok(!journal.some((j) => j.what === 'gap'), 'no gap to fill from history');
   });
   await closeAll(pa, pb);
+});
+
+test('token mode: a token signs in, and an expired one sends the page back to sign-in', { timeout: 90000 }, async (t) => {
+  if (!TOKEN_URL || !TOKEN_SECRET) {
+    t.skip('no token-mode node (CONFAB_TOKEN_URL, CONFAB_TOKEN_SECRET)');
+    return;
+  }
+  const carol = unique('carol');
+  // The token comes in the link; the page takes it out of the address bar.
+  const pc = await openPage(browser, { name: 'carol', base: TOKEN_URL, query: `token=${signToken(carol, 4)}` });
+  await withArtifacts(t, [pc], async () => {
+    await waitOpen(pc);
+    assert.equal(await pc.textContent('#me-name'), carol);
+    assert.ok(!pc.url().includes('token='), 'the token is not left in the URL');
+    // The server closes the socket when the token expires (4001); the page
+    // asks /whoami, learns the token expired, and asks for a new one.
+    await pc.locator('#signin-error', { hasText: 'expired' }).waitFor({ timeout: 20000 });
+    assert.equal(await pc.isVisible('#signin-token-input'), true);
+    const journal = await pc.evaluate(() => window.confab.journal);
+    assert.ok(journal.some((j) => j.what === 'state' && j.code === 4001), 'closed with 4001');
+    // A pasted fresh token signs in again.
+    await pc.fill('#signin-token-input', signToken(carol, 600));
+    await pc.click('#signin-form button[type=submit]');
+    await waitOpen(pc);
+    assert.equal(await pc.textContent('#me-name'), carol);
+    // A token signed with another key is refused, and the page says so.
+    await pc.click('#btn-signout');
+    await pc.fill('#signin-token-input', signToken(carol, 600, 'another secret that is 32 bytes long!'));
+    await pc.click('#signin-form button[type=submit]');
+    await pc.locator('#signin-error', { hasText: 'refused' }).waitFor({ timeout: 20000 });
+  });
+  await closeAll(pc);
 });

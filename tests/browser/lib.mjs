@@ -3,6 +3,7 @@
 // started (or the one named by CONFAB_URL), keep each page's console, and save
 // a screenshot and that log under target/browser/ when a test fails.
 import { chromium } from 'playwright-core';
+import crypto from 'node:crypto';
 import fs from 'node:fs';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
@@ -30,6 +31,17 @@ function parseSpec(s) {
 export const NODES = parseSpec(process.env.CONFAB_NODES);
 /** NODE_ID -> pid. */
 export const NODE_PIDS = parseSpec(process.env.CONFAB_NODE_PIDS);
+/** A node in token mode, and the secret its tokens are signed with. */
+export const TOKEN_URL = (process.env.CONFAB_TOKEN_URL || '').replace(/\/$/, '');
+export const TOKEN_SECRET = process.env.CONFAB_TOKEN_SECRET || '';
+
+/** An HS256 JWT for `sub`, expiring `ttl` seconds from now. */
+export function signToken(sub, ttl, secret = TOKEN_SECRET) {
+  const b64 = (x) => Buffer.from(typeof x === 'string' ? x : JSON.stringify(x)).toString('base64url');
+  const now = Math.floor(Date.now() / 1000);
+  const body = b64({ alg: 'HS256', typ: 'JWT' }) + '.' + b64({ sub, iat: now, exp: now + ttl });
+  return body + '.' + crypto.createHmac('sha256', secret).update(body).digest('base64url');
+}
 
 export const CHROMIUM_ARGS = [
   '--headless', '--no-sandbox', '--disable-gpu', '--disable-quic', '--no-first-run',
@@ -73,12 +85,13 @@ export async function resolveStaticMode() {
   return (staticMode = 'server');
 }
 
-async function routeStatic(context) {
+async function routeStatic(context, base) {
   if ((await resolveStaticMode()) !== 'disk') return;
+  const origin = new URL(base).origin;
   // A page Playwright answers has no address Chromium can place, so its
   // Local Network Access checks would refuse its WebSocket to 127.0.0.1.
-  await context.grantPermissions(['local-network-access'], { origin: new URL(BASE).origin });
-  await context.route((url) => url.origin === new URL(BASE).origin && (url.pathname === '/' || url.pathname === '/index.html'
+  await context.grantPermissions(['local-network-access'], { origin });
+  await context.route((url) => url.origin === origin && (url.pathname === '/' || url.pathname === '/index.html'
     || STATIC_FILES.includes(url.pathname.slice(1))), async (route) => {
     const p = new URL(route.request().url()).pathname;
     const f = p === '/' ? 'index.html' : p.slice(1);
@@ -87,9 +100,9 @@ async function routeStatic(context) {
 }
 
 /** A page in a context of its own (its own storage), with its console kept. */
-export async function openPage(browser, { name, user, room, viewport = { width: 1200, height: 800 }, query = '' } = {}) {
-  const context = await browser.newContext({ viewport, deviceScaleFactor: 1 });
-  await routeStatic(context);
+export async function openPage(browser, { name, user, room, viewport = { width: 1200, height: 800 }, query = '', base = BASE, colorScheme = 'light', deviceScaleFactor = 1 } = {}) {
+  const context = await browser.newContext({ viewport, deviceScaleFactor, colorScheme });
+  await routeStatic(context, base);
   const page = await context.newPage();
   page.label = name || user || 'page';
   page.consoleLog = [];
@@ -104,7 +117,7 @@ export async function openPage(browser, { name, user, room, viewport = { width: 
   const q = new URLSearchParams(query);
   if (user) q.set('user', user);
   if (room) q.set('room', room);
-  await page.goto(BASE + '/' + (q.toString() ? '?' + q : ''));
+  await page.goto(base + '/' + (q.toString() ? '?' + q : ''));
   return page;
 }
 
