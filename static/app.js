@@ -879,9 +879,15 @@ class RoomView {
       info.mentions_unread = 0;
       if (changed) renderRooms();
     }
-    if (seq && seq > this.readSent) {
-      this.readSent = seq;
-      S.client.read(this.room, seq).catch(() => { this.readSent = 0; });
+    // One read per burst of messages, not one per message.
+    if (seq && seq > this.readSent && !this.readTimer) {
+      this.readTimer = setTimeout(() => {
+        this.readTimer = null;
+        const last = S.client.lastSeq(this.room);
+        if (!last || last <= this.readSent) return;
+        this.readSent = last;
+        S.client.read(this.room, last).catch(() => { this.readSent = 0; });
+      }, 250);
     }
   }
 
@@ -1034,7 +1040,7 @@ function renderMain() {
 function renderHeader() {
   const room = S.active;
   const info = room ? S.rooms.get(room) : null;
-  for (const id of ['btn-invite', 'btn-leave', 'btn-members', 'btn-link']) $(id).hidden = !room;
+  for (const id of ['btn-invite', 'btn-leave', 'btn-members', 'btn-link', 'btn-more']) $(id).hidden = !room;
   if (!room) {
     $('room-name').textContent = 'Confab';
     $('room-sub').textContent = '';
@@ -1345,6 +1351,18 @@ $('members-close').addEventListener('click', () => { S.membersOpen = false; rend
 
 // ------------------------------------------------------- nav and scrolling
 
+// On a phone the room's actions sit behind a "more" button.
+function setMore(open) {
+  $('room-actions').classList.toggle('open', open);
+  $('btn-more').setAttribute('aria-expanded', String(open));
+  if (open) $('room-actions').querySelector('.btn:not([hidden])')?.focus();
+}
+$('btn-more').addEventListener('click', () => setMore(!$('room-actions').classList.contains('open')));
+$('room-actions').addEventListener('click', () => setMore(false));
+document.addEventListener('click', (e) => {
+  if (!e.target.closest('#room-actions, #btn-more')) setMore(false);
+});
+
 function closeNav() { $('app').classList.remove('nav-open'); $('scrim').hidden = true; }
 $('btn-menu').addEventListener('click', () => { $('app').classList.add('nav-open'); $('scrim').hidden = false; $('list-rooms').querySelector('button')?.focus(); });
 $('scrim').addEventListener('click', closeNav);
@@ -1375,6 +1393,9 @@ document.addEventListener('keydown', (e) => {
     stepRoom(e.key === 'ArrowUp' ? -1 : 1);
   } else if (e.key === 'Escape' && $('app').classList.contains('nav-open')) {
     closeNav();
+  } else if (e.key === 'Escape' && $('room-actions').classList.contains('open')) {
+    setMore(false);
+    $('btn-more').focus();
   }
 });
 
