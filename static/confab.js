@@ -604,7 +604,10 @@ export class Confab {
   // ------------------------------------------------------------- requests
 
   /** Send any command; resolves with its reply (ack, history, rooms, …),
-   * rejects with a ConfabError. Never throws. */
+   * rejects with a ConfabError. Never throws. Made while not connected, it
+   * is sent after the next hello: a send (message, edit, delete, react,
+   * unreact, read, leave) whenever that is, anything else if that comes
+   * within requestTimeout. */
   request(cmd, opts = {}) {
     return this._request({ ...cmd }, opts);
   }
@@ -617,9 +620,8 @@ export class Confab {
       }
       const queueable = QUEUED.has(cmd.type) && opts.queue !== false;
       if (DURABLE.has(cmd.type) && cmd.client_msg_id == null) cmd.client_msg_id = randomId('c-');
-      if (this.state === 'closed' || (this.state !== 'open' && !queueable && !opts.internal)) {
-        reject(new ConfabError(this.state === 'closed' ? 'closed' : 'disconnected',
-          'not connected (' + this.state + ')'));
+      if (this.state === 'closed') {
+        reject(new ConfabError('closed', 'the client is closed: connect() first'));
         return;
       }
       const waiting = [...this._pending.values()].filter((p) => !p.sent).length;
@@ -631,8 +633,14 @@ export class Confab {
       cmd.ref = ref;
       const p = { cmd, resolve, reject, queueable, sent: false, tries: 0, timer: null, onReply: opts.onReply };
       this._pending.set(ref, p);
-      if (this.state === 'open') this._transmit(ref, p);
-      else this._emitPending();
+      if (this.state === 'open') {
+        this._transmit(ref, p);
+      } else {
+        // Sent after the next hello. A send (queueable) waits as long as it
+        // takes; anything else gives up after requestTimeout.
+        if (!queueable) this._armTimeout(ref, p, 'not connected within ');
+        this._emitPending();
+      }
     });
   }
 
@@ -645,17 +653,19 @@ export class Confab {
       return;
     }
     p.sent = true;
-    if (p.timer) clearTimeout(p.timer);
-    if (!p.queueable) {
-      p.timer = setTimeout(() => {
-        if (this._pending.get(ref) !== p) return;
-        this._pending.delete(ref);
-        p.reject(new ConfabError('timeout', 'no reply within ' + this.opts.requestTimeout + ' ms'));
-      }, this.opts.requestTimeout);
-    }
+    if (!p.queueable) this._armTimeout(ref, p, 'no reply within ');
     this._wire.push(text);
     this._pump();
     this._emitPending();
+  }
+
+  _armTimeout(ref, p, what) {
+    if (p.timer) clearTimeout(p.timer);
+    p.timer = setTimeout(() => {
+      if (this._pending.get(ref) !== p) return;
+      this._pending.delete(ref);
+      p.reject(new ConfabError('timeout', what + this.opts.requestTimeout + ' ms'));
+    }, this.opts.requestTimeout);
   }
 
   _emitPending() {
@@ -783,8 +793,8 @@ export class Confab {
 
   bans(room) { return this._request({ type: 'bans', room }).then((f) => f.bans); }
 
-  /** Tell the room this user is (not) typing. Ephemeral: while disconnected
-   * it resolves with null and sends nothing. */
+  /** Tell the room this user is (not) typing. Ephemeral: while not
+   * connected it resolves with null and sends nothing. */
   typing(room, typing = true) {
     if (this.state !== 'open') return Promise.resolve(null);
     return this._request({ type: 'typing', room, typing: !!typing });

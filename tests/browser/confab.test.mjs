@@ -139,18 +139,24 @@ test('a new epoch drops every room and position and emits reset', async () => {
   c.disconnect();
 });
 
-test('never throws on a closed socket: requests reject, typing resolves null', async () => {
-  const { c } = client();
-  const before = c.history('r');
-  await assert.rejects(before, (e) => e.code === 'disconnected');
+test('never throws: requests wait for the connection, or reject; typing resolves null', async () => {
+  const { c } = client({ requestTimeout: 300 });
+  const early = c.history('r'); // before connect(): sent after the first hello
+  const unanswered = c.members('r');
   c.connect();
   const s1 = await nextSocket(1);
+  assert.equal(s1.sent.length, 0, 'nothing is sent before hello');
   s1.accept();
+  const h = s1.last('history');
+  s1.recv({ type: 'history', ref: h.ref, room: 'r', events: [], more: false });
+  assert.deepEqual((await early).events, []);
+  await assert.rejects(unanswered, (e) => e instanceof ConfabError && e.code === 'timeout');
   s1.readyState = 2; // closing under our feet, before onclose
-  const p = c.rooms();
+  const inFlight = c.rooms();
   s1.serverClose(1006);
-  await assert.rejects(p, (e) => e.code === 'disconnected');
+  await assert.rejects(inFlight, (e) => e.code === 'disconnected', 'in flight when the socket closed');
   assert.equal(await c.typing('r', true), null);
+  await assert.rejects(c.bans('r'), (e) => e.code === 'timeout', 'no connection within requestTimeout');
   c.disconnect();
   await assert.rejects(c.members('r'), (e) => e.code === 'closed');
   await assert.rejects(c.message('r', 'x'), (e) => e.code === 'closed');
