@@ -263,6 +263,7 @@ function onState({ state, delay, node }) {
   document.body.dataset.state = state;
   const conn = $('conn');
   conn.dataset.state = state;
+  $('conn-mini').dataset.state = state;
   conn.dataset.node = S.client.node || '';
   document.body.dataset.node = S.client.node || '';
   $('conn-retry').hidden = state !== 'reconnecting';
@@ -279,12 +280,14 @@ function onState({ state, delay, node }) {
     const tick = () => {
       const s = Math.ceil((at - Date.now()) / 1000);
       text.textContent = s > 0 ? `Reconnecting in ${s} s…` : 'Reconnecting…';
+      $('conn-mini').title = text.textContent;
     };
     tick();
     S.countdown = setInterval(tick, 1000);
   } else if (state === 'closed') {
     text.textContent = 'Offline';
   }
+  $('conn-mini').title = text.textContent;
   renderBanner();
   renderPendingAll();
 }
@@ -459,7 +462,8 @@ async function openRoom(name, { join = false } = {}) {
   renderRooms();
   renderMain();
   v.show();
-  $('input').focus();
+  // Not on a touch screen: focusing would pop up the keyboard.
+  if (!window.matchMedia('(pointer: coarse)').matches) $('input').focus();
 }
 
 function stepRoom(dir) {

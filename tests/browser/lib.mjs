@@ -145,7 +145,7 @@ export async function withArtifacts(t, pages, body) {
 }
 
 export async function waitOpen(page, timeout = 20000) {
-  await page.waitForSelector('#conn[data-state=open]', { timeout });
+  await page.waitForSelector('body[data-state=open]', { state: 'attached', timeout });
 }
 
 export async function nodeOf(page) {
