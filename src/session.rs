@@ -217,18 +217,19 @@ impl WsSession {
 
     fn on_text(&mut self, text: &str, ctx: &mut ws::WebsocketContext<Self>) {
         let received = Instant::now();
-        self.node.metrics.commands.inc();
         let parsed = parse_command(
             text,
             CommandLimits {
                 max_message_chars: self.node.config.max_message_chars,
             },
         );
+        let name = parsed.command.as_ref().map_or("invalid", |c| c.name());
+        self.node.metrics.command(name);
         let reference = parsed.reference;
         let fail = |ctx: &mut ws::WebsocketContext<Self>,
                     err: ProtoError,
                     metrics: &crate::metrics::Metrics| {
-            metrics.command_errors.inc();
+            metrics.command_error(err.code);
             ctx.text(error_frame(reference.as_ref(), &err, None));
         };
         // The first valid user_id is the connection's, whatever becomes of

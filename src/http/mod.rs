@@ -50,6 +50,9 @@ const HISTORY_QUERY: &[(&str, &str)] = &[
 
 routes! {
     index => Route::new(Method::Get, "/", "the web chat").tag("web").content("text/html").open(),
+    app_js => Route::new(Method::Get, "/app.js", "the web chat's code").tag("web").content("text/javascript").open(),
+    confab_js => Route::new(Method::Get, "/confab.js", "the client module (docs/client.md)").tag("web").content("text/javascript").open(),
+    app_css => Route::new(Method::Get, "/app.css", "the web chat's style").tag("web").content("text/css").open(),
     session::upgrade => Route::new(Method::Get, "/ws", "upgrade to the WebSocket protocol (/asyncapi.json)")
         .tag("web").query(&[("user_id", "the connection's user (open mode)"), ("token", "the JWT (token mode)")]).ok(101, "Error").open(),
     health => Route::new(Method::Get, "/health", "whether the store and Redis answer").tag("operations").ok(200, "Health").open(),
@@ -95,10 +98,41 @@ async fn asyncapi_json() -> HttpResponse {
         .body(include_str!("../../crates/confab-protocol/asyncapi.json"))
 }
 
-async fn index() -> HttpResponse {
+/// A file of `static/`, embedded in the binary: the web chat needs no
+/// build step and no files beside the binary.
+fn embedded(content_type: &'static str, body: &'static str) -> HttpResponse {
     HttpResponse::Ok()
-        .content_type("text/html; charset=utf-8")
-        .body(include_str!("../../static/index.html"))
+        .content_type(content_type)
+        .insert_header((header::CACHE_CONTROL, "no-cache"))
+        .body(body)
+}
+
+async fn index() -> HttpResponse {
+    embedded(
+        "text/html; charset=utf-8",
+        include_str!("../../static/index.html"),
+    )
+}
+
+async fn app_js() -> HttpResponse {
+    embedded(
+        "text/javascript; charset=utf-8",
+        include_str!("../../static/app.js"),
+    )
+}
+
+async fn confab_js() -> HttpResponse {
+    embedded(
+        "text/javascript; charset=utf-8",
+        include_str!("../../static/confab.js"),
+    )
+}
+
+async fn app_css() -> HttpResponse {
+    embedded(
+        "text/css; charset=utf-8",
+        include_str!("../../static/app.css"),
+    )
 }
 
 /// `GET /whoami`: who a request's credentials speak for, so that a browser,

@@ -96,7 +96,7 @@ impl ChatServer {
         err: &ProtoError,
         room: Option<&RoomName>,
     ) {
-        self.metrics.command_errors.inc();
+        self.metrics.command_error(err.code);
         let frame = error_frame(reference, err, room);
         self.reply(conn, frame);
     }

@@ -16,6 +16,7 @@ use std::time::Duration;
 
 use prometheus_client::encoding::text::encode;
 use prometheus_client::metrics::counter::Counter as PromCounter;
+use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge as PromGauge;
 use prometheus_client::metrics::histogram::{exponential_buckets, Histogram as PromHistogram};
 use prometheus_client::metrics::info::Info;
@@ -127,6 +128,10 @@ pub struct Metrics {
     pub batch_size: Histogram,
     /// Events sent by one replay.
     pub replay_size: Histogram,
+    /// Commands received, by `command` (`invalid` when the frame is not one).
+    commands_by_type: Family<Vec<(&'static str, &'static str)>, PromCounter<u64>>,
+    /// Commands answered with an error, by `code`.
+    errors_by_code: Family<Vec<(&'static str, &'static str)>, PromCounter<u64>>,
     registry: Registry,
 }
 
@@ -139,6 +144,22 @@ fn help(text: &str) -> &str {
 impl Metrics {
     /// A fresh set of metrics in a registry of its own: every series is
     /// prefixed `confab_` and labelled `node="<node>"`.
+    /// Counts a command received, by its type.
+    pub fn command(&self, command: &'static str) {
+        self.commands.inc();
+        self.commands_by_type
+            .get_or_create(&vec![("command", command)])
+            .inc();
+    }
+
+    /// Counts a command answered with an error, by its code.
+    pub fn command_error(&self, code: crate::protocol::ErrorCode) {
+        self.command_errors.inc();
+        self.errors_by_code
+            .get_or_create(&vec![("code", code.as_str())])
+            .inc();
+    }
+
     pub fn new(node: &str) -> Metrics {
         let mut registry = Registry::with_prefix_and_labels(
             "confab",
@@ -168,8 +189,20 @@ impl Metrics {
             commit_latency: Histogram::new(latency_buckets()),
             batch_size: Histogram::new(exponential_buckets(1.0, 2.0, 13)),
             replay_size: Histogram::new(exponential_buckets(1.0, 2.0, 15)),
+            commands_by_type: Family::default(),
+            errors_by_code: Family::default(),
             registry: Registry::default(),
         };
+        registry.register(
+            "commands_by_type",
+            help("Commands received, by type (invalid: not a command)."),
+            m.commands_by_type.clone(),
+        );
+        registry.register(
+            "command_errors_by_code",
+            help("Commands answered with an error, by error code."),
+            m.errors_by_code.clone(),
+        );
 
         let gauges = [
             ("connections", "Open WebSocket connections.", &m.connections),
