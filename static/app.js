@@ -161,6 +161,7 @@ async function boot() {
   if (S.mode !== 'token' && urlUser) return start({ userId: urlUser });
   const saved = localStorage.getItem('confab.user');
   if (S.mode === 'open' && saved) return start({ userId: saved });
+  $('signin-name').value = saved || '';
   showSignin();
 }
 
