@@ -4,11 +4,18 @@
 //   4. an unread badge appears and clears;
 //   2. the node one page is connected to is SIGKILLed: the page reconnects
 //      to the other node and shows every message once and in order,
-//      including those sent while it was away (last: it leaves one node).
+//      including those sent while it was away (after 1, 3 and 4: it leaves
+//      one node);
+// and: token mode (sign-in, expiry through /whoami), and a new epoch.
 // Run by scripts/browser-test (node --test). A failure saves a screenshot
 // and the console log of each page under target/browser/.
 import { test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
+import { spawn } from 'node:child_process';
+import fs from 'node:fs';
+import net from 'node:net';
+import os from 'node:os';
+import path from 'node:path';
 import {
   BASE, NODES, NODE_PIDS, launch, openPage, withArtifacts, waitOpen, nodeOf, messageTexts,
   unique, postMessage, createRoom, restCommand, sleep, TOKEN_URL, TOKEN_SECRET, signToken,
@@ -282,3 +289,74 @@ test('token mode: a token signs in, and an expired one sends the page back to si
   });
   await closeAll(pc);
 });
+
+test('a new epoch (a new store behind the same address) drops what the page knew and reloads', { timeout: 90000 }, async (t) => {
+  const bin = process.env.CONFAB_BIN;
+  if (!bin) {
+    t.skip('no CONFAB_BIN to start a node of its own with');
+    return;
+  }
+  const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'confab-epoch-'));
+  const port = await freePort();
+  const base = `http://127.0.0.1:${port}`;
+  const db = path.join(dir, 'confab.db');
+  const start = () => spawn(bin, [], {
+    env: { ...process.env, HOST: '127.0.0.1', PORT: String(port), SQLITE_PATH: db, NODE_ID: 'node-epoch', WORKERS: '1', DATABASE_URL: '', REDIS_URL: '', AUTH_SECRET: '' },
+    stdio: 'ignore',
+  });
+  const healthy = async () => {
+    for (let i = 0; i < 300; i++) {
+      try { if ((await fetch(base + '/health')).ok) return; } catch (_) { /* not yet */ }
+      await sleep(100);
+    }
+    throw new Error('the epoch node did not start');
+  };
+  const wipe = () => { for (const f of fs.readdirSync(dir)) fs.rmSync(path.join(dir, f), { force: true }); };
+  let node = start();
+  let pe;
+  try {
+    await healthy();
+    const [eve, room] = ['eve', 'town'];
+    await createRoom(base, room, eve);
+    await postMessage(base, room, eve, 'from the old store');
+    pe = await openPage(browser, { name: 'eve', user: eve, room, base });
+    await withArtifacts(t, [pe], async () => {
+      await waitOpen(pe);
+      await waitText(pe, 'from the old store');
+      const before = await pe.evaluate(() => window.confab.client.epoch);
+      // The store is replaced while the page cannot act: the node dies, its
+      // SQLite file goes, a node starts on a new one with the same room name.
+      const cdp = await pe.context().newCDPSession(pe);
+      await cdp.send('Debugger.enable');
+      await cdp.send('Debugger.pause');
+      node.kill('SIGKILL');
+      await new Promise((r) => node.once('exit', r));
+      wipe();
+      node = start();
+      await healthy();
+      await createRoom(base, room, eve);
+      await postMessage(base, room, eve, 'from the new store');
+      await cdp.send('Debugger.resume');
+      await cdp.detach();
+
+      await pe.waitForFunction((e) => window.confab.client.state === 'open' && window.confab.client.epoch !== e, before, { timeout: 45000 });
+      await waitMessages(pe, ['from the new store'], 30000);
+      const journal = await pe.evaluate(() => window.confab.journal);
+      assert.ok(journal.some((j) => j.what === 'reset'), 'the client reported the new epoch');
+      const resumed = journal.filter((j) => j.what === 'joined' && j.resumed);
+      assert.equal(resumed.length, 0, 'no since from the old store was sent to the new one');
+    });
+  } finally {
+    if (pe) await closeAll(pe);
+    node.kill('SIGTERM');
+    fs.rmSync(dir, { recursive: true, force: true });
+  }
+});
+
+function freePort() {
+  return new Promise((resolve, reject) => {
+    const srv = net.createServer();
+    srv.listen(0, '127.0.0.1', () => { const { port } = srv.address(); srv.close(() => resolve(port)); });
+    srv.on('error', reject);
+  });
+}
