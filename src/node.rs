@@ -83,6 +83,7 @@ impl Node {
                 history_limit: MAX_HISTORY_LIMIT,
                 rate_per_sec: config.rate_per_sec,
                 rate_burst: config.rate_burst,
+                max_rooms_per_connection: config.max_rooms_per_connection,
             },
             bus_health,
             rest_limit: RateLimiter::new(config.rest_rate_per_sec, config.rest_rate_burst),

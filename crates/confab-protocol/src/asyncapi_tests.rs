@@ -1000,6 +1000,7 @@ fn every_frame_the_crate_sends_is_described_in_full() {
         history_limit: 1000,
         rate_per_sec: 50,
         rate_burst: 100,
+        max_rooms_per_connection: 500,
     };
     let at = chrono::DateTime::from_timestamp_micros(1_795_000_000_123_456).unwrap();
     let mut event = Event::new(EventKind::Join, room.clone(), 2, a.clone(), "n".into(), at);

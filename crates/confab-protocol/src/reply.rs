@@ -13,6 +13,8 @@ pub struct HelloLimits {
     pub history_limit: i64,
     pub rate_per_sec: u32,
     pub rate_burst: u32,
+    /// Most rooms one connection may be subscribed to.
+    pub max_rooms_per_connection: usize,
 }
 
 /// `rooms` reply entry.
