@@ -8,7 +8,7 @@ mod common;
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use common::{assert_contiguous, Backend, Client, TestNode};
+use common::{assert_contiguous, settle, short, user, Backend, Client, TestNode};
 use serde_json::{json, Value};
 
 on_both_stores!(
@@ -30,34 +30,6 @@ on_both_stores!(
 );
 
 // ---------------------------------------------------------------- helpers
-
-/// A connection that speaks for `id` from the handshake on.
-async fn user(node: &TestNode, id: &str) -> Client {
-    let c = Client::connect(&format!("{}?user_id={id}", node.ws_url())).await;
-    assert_eq!(c.hello["user_id"], id, "{}", c.hello);
-    c
-}
-
-/// A frame without what differs from run to run (`id`, `node`, `at`) and
-/// without `ref`, so that it can be compared whole.
-fn short(f: &Value) -> Value {
-    let mut f = f.clone();
-    if let Some(o) = f.as_object_mut() {
-        for k in ["id", "node", "at", "ref"] {
-            o.remove(k);
-        }
-    }
-    f
-}
-
-/// Every frame that arrives until none has come for 300 ms.
-async fn settle(c: &mut Client) -> Vec<Value> {
-    let mut out = Vec::new();
-    while let Some(f) = c.try_recv(Duration::from_millis(300)).await {
-        out.push(f);
-    }
-    out
-}
 
 /// Checks that `c` has been sent nothing: a ping is answered first, and
 /// nothing follows for 300 ms.

@@ -10,7 +10,7 @@ mod common;
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use common::{assert_contiguous, Client, Cluster, TestNode};
+use common::{assert_contiguous, settle, short, Client, Cluster, TestNode};
 use serde_json::{json, Value};
 
 // ---------------------------------------------------------------- helpers
@@ -25,26 +25,6 @@ async fn client_as(cluster: &Cluster, i: usize, user: &str) -> Client {
     let c = Client::connect(&format!("{}?user_id={user}", cluster.node(i).ws_url())).await;
     assert_eq!(c.hello["user_id"], user, "{}", c.hello);
     c
-}
-
-/// A frame without what differs from run to run and without `ref`.
-fn short(f: &Value) -> Value {
-    let mut f = f.clone();
-    if let Some(o) = f.as_object_mut() {
-        for k in ["id", "node", "at", "ref"] {
-            o.remove(k);
-        }
-    }
-    f
-}
-
-/// Every frame that arrives until none has come for 300 ms.
-async fn settle(c: &mut Client) -> Vec<Value> {
-    let mut out = Vec::new();
-    while let Some(f) = c.try_recv(Duration::from_millis(300)).await {
-        out.push(f);
-    }
-    out
 }
 
 /// Checks that `c` gets nothing: a ping is answered first, and nothing

@@ -5,9 +5,9 @@
 mod common;
 
 use std::collections::BTreeMap;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{SystemTime, UNIX_EPOCH};
 
-use common::{assert_contiguous, http_with, Backend, Client, TestNode};
+use common::{assert_contiguous, http_with, settle, short, user, Backend, Client, TestNode};
 use serde_json::{json, Value};
 
 on_both_stores!(
@@ -29,34 +29,6 @@ on_both_stores!(
 );
 
 // ---------------------------------------------------------------- helpers
-
-/// A connection that speaks for `id` from the handshake on.
-async fn user(node: &TestNode, id: &str) -> Client {
-    let c = Client::connect(&format!("{}?user_id={id}", node.ws_url())).await;
-    assert_eq!(c.hello["user_id"], id, "{}", c.hello);
-    c
-}
-
-/// A frame without what differs from run to run (`id`, `node`, `at`) and
-/// without `ref`, so that it can be compared whole.
-fn short(f: &Value) -> Value {
-    let mut f = f.clone();
-    if let Some(o) = f.as_object_mut() {
-        for k in ["id", "node", "at", "ref"] {
-            o.remove(k);
-        }
-    }
-    f
-}
-
-/// Every frame that arrives until none has come for 300 ms.
-async fn settle(c: &mut Client) -> Vec<Value> {
-    let mut out = Vec::new();
-    while let Some(f) = c.try_recv(Duration::from_millis(300)).await {
-        out.push(f);
-    }
-    out
-}
 
 /// The next frame, which must be an event of `kind`; returned whole.
 async fn event(c: &mut Client, kind: &str) -> Value {

@@ -346,6 +346,27 @@ impl ClientRx {
 }
 
 /// Checks that `events` of one room are exactly seqs `from..=to` in order.
+/// A frame without what differs from run to run (`id`, `node`, `at`) and
+/// without `ref`, so that it can be compared whole.
+pub fn short(f: &Value) -> Value {
+    let mut f = f.clone();
+    if let Some(o) = f.as_object_mut() {
+        for k in ["id", "node", "at", "ref"] {
+            o.remove(k);
+        }
+    }
+    f
+}
+
+/// Every frame that arrives until none has come for 300 ms.
+pub async fn settle(c: &mut Client) -> Vec<Value> {
+    let mut out = Vec::new();
+    while let Some(f) = c.try_recv(Duration::from_millis(300)).await {
+        out.push(f);
+    }
+    out
+}
+
 pub fn assert_contiguous(events: &[Value], from: i64, to: i64) {
     let seqs: Vec<i64> = events
         .iter()

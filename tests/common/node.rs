@@ -152,6 +152,13 @@ impl Drop for TestNode {
     }
 }
 
+/// A connection to `node` that speaks for `id` from the handshake on.
+pub async fn user(node: &TestNode, id: &str) -> Client {
+    let c = Client::connect(&format!("{}?user_id={id}", node.ws_url())).await;
+    assert_eq!(c.hello["user_id"], id, "{}", c.hello);
+    c
+}
+
 impl TestNode {
     /// Waits up to 5 s for a log line that contains every one of `parts`.
     pub async fn wait_for_log(&self, parts: &[&str]) -> String {
