@@ -495,7 +495,17 @@ impl Planner<'_> {
                     state: None,
                 },
             );
-            self.plan.reads.push((room.clone(), user.clone(), ev.seq));
+            // One row per poster and room, at its last message: an
+            // `UPDATE … FROM` with two rows for one member applies only one.
+            match self
+                .plan
+                .reads
+                .iter_mut()
+                .find(|(r, u, _)| r == room && u == user)
+            {
+                Some(read) => read.2 = read.2.max(ev.seq),
+                None => self.plan.reads.push((room.clone(), user.clone(), ev.seq)),
+            }
             return Ok(AppendOutcome::Appended(vec![ev]));
         }
         let (Some(key), Some(target)) = (key, target) else {

@@ -503,3 +503,19 @@ fn a_message_keeps_only_the_mentions_of_members_and_moves_its_posters_marker() {
     assert_eq!(p.reads, vec![(room("g"), user("o"), 11)]);
     assert_eq!(p.outcomes[1], AppendOutcome::Refused(Refusal::NoSuchEvent));
 }
+
+#[test]
+fn two_messages_of_one_poster_move_its_marker_once_to_the_last() {
+    let batch = [
+        req("g", "o", msg("one", None)),
+        req("g", "m", msg("two", None)),
+        req("g", "o", msg("three", None)),
+    ];
+    let p = plan(&batch, with_message(), "n", chrono::Utc::now());
+    let mut reads = p.reads.clone();
+    reads.sort();
+    assert_eq!(
+        reads,
+        vec![(room("g"), user("m"), 12), (room("g"), user("o"), 13)]
+    );
+}
