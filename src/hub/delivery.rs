@@ -1,7 +1,8 @@
 //! From a commit to the sockets: takes the writer's outcomes and peers'
 //! events, puts them in each room's order (through the [`Sequencer`]),
 //! applies them to the room's members, fans them out through the outbox and
-//! answers whoever waits. Also the subscription changes a delivery causes.
+//! hands whoever waits to `acks.rs` (and the user-addressed frames an event
+//! causes to `notices.rs`). Also the subscription changes a delivery causes.
 //!
 //! [`Sequencer`]: crate::hub::sequencer::Sequencer
 
@@ -12,13 +13,13 @@ use actix::prelude::*;
 use bytestring::ByteString;
 
 use crate::hub::outbox::offer;
-use crate::hub::replay::{Resumer, Waiting};
+use crate::hub::replay::Resumer;
 use crate::hub::sequencer::Offer;
 use crate::hub::ChatServer;
-use crate::messages::{Committed, ConnId, Deliver, HttpDone, LiveEvent, Origin, Resync};
+use crate::messages::{Committed, ConnId, Deliver, LiveEvent, Origin, Resync};
 use crate::protocol::error_frame;
 use crate::protocol::{
-    reply_frame, Ack, Event, EventKind, NoticeKind, ProtoError, Ref, Reply, RoomName, Seq, UserId,
+    reply_frame, Ack, Event, EventKind, ProtoError, Ref, Reply, RoomName, UserId,
 };
 use crate::store::{AppendOp, AppendOutcome};
 
@@ -433,60 +434,6 @@ impl ChatServer {
         }
     }
 
-    /// The notice an event causes (an invite, a DM, a kick, a ban), to every
-    /// connection of its user on this node, subscribed to the room or not.
-    /// Every node does this for the events it delivers, so the notice
-    /// reaches the user's connections cluster-wide.
-    fn notify_user(&mut self, event: &LiveEvent) {
-        if !event.facts.mentions.is_empty() {
-            self.notify_mentions(event);
-        }
-        let Some((kind, to, by)) = event.facts.notice(event.kind, &event.user) else {
-            return;
-        };
-        let conns = self.registry.conns_of_user(to);
-        if conns.is_empty() {
-            return;
-        }
-        let frame: ByteString = reply_frame(&Reply::Notice {
-            kind,
-            room: &event.room,
-            seq: event.seq,
-            by,
-            reason: event.facts.reason.as_deref(),
-        });
-        for conn in conns {
-            self.send(conn, frame.clone());
-        }
-    }
-
-    /// A `mention` notice to each connection of a mentioned member that is
-    /// not subscribed to the room (a subscribed one has the message itself).
-    fn notify_mentions(&mut self, event: &LiveEvent) {
-        let frame: ByteString = reply_frame(&Reply::Notice {
-            kind: NoticeKind::Mention,
-            room: &event.room,
-            seq: event.seq,
-            by: &event.user,
-            reason: None,
-        });
-        for user in &event.facts.mentions {
-            let conns: Vec<ConnId> = self
-                .registry
-                .conns_of_user(user)
-                .into_iter()
-                .filter(|id| {
-                    self.registry
-                        .get(*id)
-                        .is_some_and(|c| !c.rooms.contains(&event.room))
-                })
-                .collect();
-            for conn in conns {
-                self.send(conn, frame.clone());
-            }
-        }
-    }
-
     /// Puts one event in its room's outbox, for every subscriber.
     fn fan_out(&mut self, event: &LiveEvent) {
         if !self.registry.has_subscribers(&event.room) {
@@ -496,173 +443,6 @@ impl ChatServer {
             .push_event(&event.room, event.seq, event.frame.clone());
         if !self.outbox.batching() {
             self.flush();
-        }
-    }
-
-    /// Answers an append's origin once its events have been delivered.
-    pub(super) fn finish(&mut self, waiter: Appended, duplicate: bool) {
-        let Appended {
-            origin,
-            event,
-            command,
-            with,
-            subscribes,
-            dropped,
-            ..
-        } = waiter;
-        let ack = Ack {
-            reference: origin.reference(),
-            command,
-            room: Some(&event.room),
-            seq: Some(event.seq),
-            id: Some(event.id),
-            duplicate: duplicate.then_some(true),
-            with: with.as_ref(),
-            dropped_mentions: &dropped,
-            ..Ack::default()
-        };
-        let frame = reply_frame(&Reply::Ack(ack));
-        match origin {
-            Origin::Conn { conn, received, .. } => {
-                self.metrics
-                    .ack_latency
-                    .observe(received.elapsed().as_secs_f64());
-                // After a join or create, later events must not overtake the
-                // ack (its seq is where the connection's stream starts).
-                if subscribes {
-                    self.send(conn, frame)
-                } else {
-                    self.reply(conn, frame)
-                }
-            }
-            Origin::Http(tx) => {
-                let _ = tx.send(Ok(HttpDone {
-                    event: (event.kind == EventKind::Message).then_some(event),
-                    duplicate,
-                    body: frame.to_string(),
-                }));
-            }
-        }
-    }
-
-    /// Our own event was delivered by a gap repair before its commit reached
-    /// us: the origin's connection still gets it (if it subscribes now), then its ack.
-    fn finish_late(&mut self, waiter: Appended, ctx: &mut Context<Self>) {
-        if let Appended {
-            origin:
-                Origin::Conn {
-                    conn,
-                    since,
-                    reference,
-                    received,
-                },
-            event,
-            subscribes: true,
-            ..
-        } = &waiter
-        {
-            if self.subscribe(*conn, &event.room) {
-                if let Some(since) = since {
-                    let upto = self.sequencer.last(&event.room).unwrap_or(event.seq);
-                    let who = Resumer {
-                        conn: *conn,
-                        reference: reference.clone(),
-                        received: *received,
-                        with: None,
-                    };
-                    return self.start_replay(who, &event.room, *since, upto, ctx);
-                }
-                self.send(*conn, event.to_json().into());
-            }
-        }
-        if waiter.ack {
-            self.finish(waiter, false);
-        }
-    }
-
-    /// A join that added no event (the user was a member): subscribe, replay, ack.
-    /// `stored_last` is the room's last seq in the store, which this node may lag.
-    /// A `dm` between two members takes the same path, with its own ack.
-    fn join_member(
-        &mut self,
-        origin: Origin,
-        room: &RoomName,
-        stored_last: Seq,
-        command: &'static str,
-        with: Option<&UserId>,
-        ctx: &mut Context<Self>,
-    ) {
-        let (conn, reference, since, received) = match origin {
-            Origin::Conn {
-                conn,
-                reference,
-                since,
-                received,
-            } => (conn, reference, since, received),
-            Origin::Http(tx) => {
-                let frame = reply_frame(&Reply::Ack(Ack {
-                    command,
-                    room: Some(room),
-                    seq: Some(stored_last),
-                    with,
-                    ..Ack::default()
-                }));
-                let _ = tx.send(Ok(HttpDone {
-                    event: None,
-                    duplicate: false,
-                    body: frame.to_string(),
-                }));
-                return;
-            }
-        };
-        let local = self.sequencer.last(room).unwrap_or(0);
-        if !self.subscribe(conn, room) {
-            return;
-        }
-        // A join without `since` on a node that lags the store starts where
-        // the store was, like a resume from there.
-        let resumed = since.is_some();
-        let resume = since.or((local < stored_last).then_some(stored_last));
-        match resume {
-            Some(since) if since > local && since <= stored_last => {
-                // This node has not delivered `since` yet: skip up to it, then ack.
-                self.replays.start(conn, room, since, true);
-                self.replays.add_waiting(
-                    room,
-                    Waiting {
-                        conn,
-                        reference,
-                        resumed,
-                        received,
-                        with: with.cloned(),
-                    },
-                );
-            }
-            Some(since) if resumed => {
-                let who = Resumer {
-                    conn,
-                    reference,
-                    received,
-                    with: None,
-                };
-                self.start_replay(who, room, since, local, ctx)
-            }
-            _ => {
-                self.metrics
-                    .ack_latency
-                    .observe(received.elapsed().as_secs_f64());
-                self.send_ack(
-                    conn,
-                    Ack {
-                        reference: reference.as_ref(),
-                        command,
-                        room: Some(room),
-                        seq: Some(local),
-                        with,
-                        ..Ack::default()
-                    },
-                )
-            }
         }
     }
 }

@@ -12,9 +12,11 @@
 //! queue, reads run as spawned futures whose results come back to the actor.
 //! It sends to sessions only with `try_send` into their bounded mailboxes.
 
+mod acks;
 mod commands;
 mod delivery;
 mod ephemeral;
+mod notices;
 pub mod outbox;
 pub mod presence;
 pub mod registry;

@@ -255,7 +255,7 @@ fn a_rest_query_follows_the_same_rules_as_a_frame() {
 
 #[test]
 fn the_emoji_rule_counts_a_zwj_sequence_as_one_character() {
-    use super::valid_emoji;
+    use super::kinds::valid_emoji;
     for ok in [
         "👍",
         "+1",

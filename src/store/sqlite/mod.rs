@@ -5,8 +5,10 @@
 //! file, so that no commit waits for a checkpoint (SQLite's automatic one
 //! runs inside the commit that crosses its threshold and stalled appends for
 //! hundreds of milliseconds under load).
+//!
+//! By job: this file (opening, the checkpointer, rows, the reads), `load.rs`
+//! (what `plan` needs for a batch) and `write.rs` (a batch's transaction).
 
-use std::collections::HashMap;
 use std::sync::{mpsc, Arc, Mutex};
 use std::time::Duration;
 
@@ -15,12 +17,14 @@ use async_trait::async_trait;
 use chrono::{DateTime, SecondsFormat, Utc};
 use rusqlite::{params, Connection, OptionalExtension, Row, TransactionBehavior};
 
+mod load;
+mod write;
+
 use super::migrations::{self, Dialect};
 use super::{
-    event_data, event_target, plan, role_from_db, set_event_data, set_reactions, set_state,
-    stateful_seqs, Access, AppendOutcome, AppendRequest, BanRow, EventStore, Invitation, Keys,
-    Loaded, Membership, MessageRow, Page, PageQuery, Plan, RoomRow, Snapshot, StateColumns,
-    StateRow, StoreError, UNREAD_SQL,
+    role_from_db, set_event_data, set_reactions, set_state, stateful_seqs, Access, AppendOutcome,
+    AppendRequest, EventStore, Page, PageQuery, RoomRow, Snapshot, StateColumns, StoreError,
+    UNREAD_SQL,
 };
 use crate::protocol::{
     now_micros, BanInfo, Event, EventKind, HistoryRange, Role, RoomName, Seq, UserId,
@@ -193,322 +197,6 @@ fn role_of(s: String) -> rusqlite::Result<Role> {
     })
 }
 
-fn load(tx: &rusqlite::Transaction<'_>, batch: &[AppendRequest]) -> Result<Loaded, StoreError> {
-    let keys = Keys::of(batch);
-    let mut loaded = Loaded::default();
-    let mut room = tx
-        .prepare_cached("SELECT last_seq, private, owner, dm_a, dm_b FROM rooms WHERE name = ?1")?;
-    for name in &keys.rooms {
-        if let Some(row) = room
-            .query_row([name.as_str()], |r| room_row(r, 0))
-            .optional()?
-        {
-            loaded.rooms.insert(name.clone(), row);
-        }
-    }
-    let mut member = tx.prepare_cached(
-        "SELECT role, joined_seq FROM room_members WHERE room = ?1 AND user_id = ?2",
-    )?;
-    let mut invite = tx
-        .prepare_cached("SELECT by_user, seq FROM room_invites WHERE room = ?1 AND user_id = ?2")?;
-    let mut ban = tx.prepare_cached(
-        "SELECT by_user, reason, seq FROM room_bans WHERE room = ?1 AND user_id = ?2",
-    )?;
-    // As in the PostgreSQL store: messages and leaves in public rooms need
-    // no invitation or ban.
-    let moderation = keys.moderation || loaded.rooms.values().any(|r| r.private);
-    for key in keys.pairs.iter() {
-        let args = [key.0.as_str(), key.1.as_str()];
-        if let Some(m) = member
-            .query_row(args, |r| {
-                Ok(Membership {
-                    role: role_of(r.get(0)?)?,
-                    joined_seq: r.get(1)?,
-                })
-            })
-            .optional()?
-        {
-            loaded.members.insert(key.clone(), m);
-        }
-        if !moderation {
-            continue;
-        }
-        if let Some(i) = invite
-            .query_row(args, |r| {
-                Ok(Invitation {
-                    by: UserId::trusted(r.get(0)?),
-                    seq: r.get(1)?,
-                })
-            })
-            .optional()?
-        {
-            loaded.invites.insert(key.clone(), i);
-        }
-        if let Some(b) = ban
-            .query_row(args, |r| {
-                Ok(BanRow {
-                    by: UserId::trusted(r.get(0)?),
-                    reason: r.get(1)?,
-                    seq: r.get(2)?,
-                })
-            })
-            .optional()?
-        {
-            loaded.bans.insert(key.clone(), b);
-        }
-    }
-    let mut block =
-        tx.prepare_cached("SELECT 1 FROM user_blocks WHERE user_id = ?1 AND blocked = ?2")?;
-    for (blocker, blocked) in &keys.blocks {
-        if block.exists([blocker.as_str(), blocked.as_str()])? {
-            loaded.blocks.insert((blocker.clone(), blocked.clone()));
-        }
-    }
-    let mut heirs = tx.prepare_cached(
-        "SELECT user_id, role, joined_seq FROM room_members WHERE room = ?1 AND role <> 'owner'
-         ORDER BY role = 'admin' DESC, joined_seq LIMIT ?2",
-    )?;
-    for (name, limit) in keys.succession(batch, &loaded.rooms) {
-        let rows = heirs.query_map(params![name.as_str(), limit], |r| {
-            Ok((
-                UserId::trusted(r.get(0)?),
-                Membership {
-                    role: role_of(r.get(1)?)?,
-                    joined_seq: r.get(2)?,
-                },
-            ))
-        })?;
-        let list = rows.collect::<rusqlite::Result<Vec<_>>>()?;
-        loaded.successors.insert(name, list);
-    }
-    let mut message = tx.prepare_cached(
-        "SELECT e.user_id, s.text, s.edited, s.deleted_by, s.state_seq
-         FROM events e LEFT JOIN message_state s ON s.room = e.room AND s.seq = e.seq
-         WHERE e.room = ?1 AND e.seq = ?2 AND e.type = 'message'",
-    )?;
-    for (room, seq) in keys.messages {
-        let row = message
-            .query_row(params![room.as_str(), seq], |r| {
-                let state_seq: Option<i64> = r.get(4)?;
-                Ok(MessageRow {
-                    author: UserId::trusted(r.get(0)?),
-                    state: match state_seq {
-                        Some(state_seq) => Some(StateRow {
-                            text: r.get(1)?,
-                            edited: r.get::<_, i64>(2)?.try_into().unwrap_or(u32::MAX),
-                            deleted_by: r.get::<_, Option<String>>(3)?.map(UserId::trusted),
-                            state_seq,
-                        }),
-                        None => None,
-                    },
-                })
-            })
-            .optional()?;
-        if let Some(row) = row {
-            loaded.messages.insert((room, seq), row);
-        }
-    }
-    let mut reaction = tx.prepare_cached(
-        "SELECT 1 FROM reactions WHERE room = ?1 AND seq = ?2 AND emoji = ?3 AND user_id = ?4",
-    )?;
-    for key in keys.reactions {
-        if reaction.exists(params![key.0.as_str(), key.1, key.2, key.3.as_str()])? {
-            loaded.reactions.insert(key);
-        }
-    }
-    let mut sent = tx.prepare_cached(&format!(
-        "{EVENT_SELECT} WHERE e.room = ?1 AND e.user_id = ?2 AND e.client_msg_id = ?3"
-    ))?;
-    for key in keys.sent {
-        if let Some(ev) = sent
-            .query_row(
-                [key.0.as_str(), key.1.as_str(), key.2.as_str()],
-                event_from_row,
-            )
-            .optional()?
-        {
-            loaded.sent.insert(key, ev);
-        }
-    }
-    Ok(loaded)
-}
-
-fn append_blocking(
-    conn: &mut Connection,
-    batch: &[AppendRequest],
-    node: &str,
-) -> Result<Vec<AppendOutcome>, StoreError> {
-    let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
-    let loaded = load(&tx, batch)?;
-    let at = now_micros();
-    let mut plan = plan(batch, loaded, node, at);
-    let mut ids = HashMap::with_capacity(plan.events.len());
-    {
-        let mut create = tx.prepare_cached(
-            "INSERT INTO rooms (name, created_by, created_at, last_seq, private, dm_a, dm_b)
-             VALUES (?1, ?2, ?3, 0, ?4, ?5, ?6)",
-        )?;
-        for new in &plan.created {
-            let (a, b) = new
-                .dm
-                .as_ref()
-                .map(|(a, b)| (a.as_str(), b.as_str()))
-                .unzip();
-            create.execute(params![
-                new.name.as_str(),
-                new.creator.as_str(),
-                fmt_at(&at),
-                new.private,
-                a,
-                b
-            ])?;
-        }
-        let mut insert = tx.prepare_cached(
-            "INSERT INTO events (room, seq, type, user_id, message, client_msg_id, node, at,
-                                 target, data, target_seq)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)",
-        )?;
-        let at_text = fmt_at(&at);
-        for ev in &plan.events {
-            let (target, target_seq) = event_target(ev);
-            insert.execute(params![
-                ev.room.as_str(),
-                ev.seq,
-                ev.kind.as_str(),
-                ev.user_id.as_str(),
-                ev.message,
-                ev.client_msg_id,
-                ev.node,
-                at_text,
-                target,
-                event_data(ev),
-                target_seq,
-            ])?;
-            ids.insert((ev.room.clone(), ev.seq), tx.last_insert_rowid());
-        }
-        let mut last =
-            tx.prepare_cached("UPDATE rooms SET last_seq = ?2, owner = ?3 WHERE name = ?1")?;
-        for (room, seq, owner) in &plan.rooms {
-            last.execute(params![
-                room.as_str(),
-                seq,
-                owner.as_ref().map(UserId::as_str)
-            ])?;
-        }
-        let mut join = tx.prepare_cached(
-            "INSERT INTO room_members (room, user_id, joined_seq, role, read_seq)
-             VALUES (?1, ?2, ?3, ?4, ?3)
-             ON CONFLICT (room, user_id) DO UPDATE
-             SET role = excluded.role,
-                 read_seq = CASE WHEN joined_seq = excluded.joined_seq THEN read_seq
-                                 ELSE excluded.read_seq END,
-                 joined_seq = excluded.joined_seq",
-        )?;
-        let mut leave =
-            tx.prepare_cached("DELETE FROM room_members WHERE room = ?1 AND user_id = ?2")?;
-        for ((room, user), m) in &plan.membership {
-            match m {
-                Some(m) => join.execute(params![
-                    room.as_str(),
-                    user.as_str(),
-                    m.joined_seq,
-                    m.role.as_str()
-                ])?,
-                None => leave.execute(params![room.as_str(), user.as_str()])?,
-            };
-        }
-        let mut invite = tx.prepare_cached(
-            "INSERT OR REPLACE INTO room_invites (room, user_id, by_user, seq) VALUES (?1, ?2, ?3, ?4)",
-        )?;
-        let mut uninvite =
-            tx.prepare_cached("DELETE FROM room_invites WHERE room = ?1 AND user_id = ?2")?;
-        for ((room, user), i) in &plan.invites {
-            match i {
-                Some(i) => {
-                    invite.execute(params![room.as_str(), user.as_str(), i.by.as_str(), i.seq])?
-                }
-                None => uninvite.execute(params![room.as_str(), user.as_str()])?,
-            };
-        }
-        let mut ban = tx.prepare_cached(
-            "INSERT OR REPLACE INTO room_bans (room, user_id, by_user, reason, seq)
-             VALUES (?1, ?2, ?3, ?4, ?5)",
-        )?;
-        let mut unban =
-            tx.prepare_cached("DELETE FROM room_bans WHERE room = ?1 AND user_id = ?2")?;
-        for ((room, user), b) in &plan.bans {
-            match b {
-                Some(b) => ban.execute(params![
-                    room.as_str(),
-                    user.as_str(),
-                    b.by.as_str(),
-                    b.reason,
-                    b.seq
-                ])?,
-                None => unban.execute(params![room.as_str(), user.as_str()])?,
-            };
-        }
-    }
-    write_messages(&tx, &plan)?;
-    tx.commit()?;
-    plan.set_ids(&ids);
-    Ok(plan.outcomes)
-}
-
-/// Writes what a plan changed of messages: their states, deleted texts,
-/// reactions, mentions, and the read markers that posting moves.
-fn write_messages(tx: &rusqlite::Transaction<'_>, plan: &Plan) -> Result<(), StoreError> {
-    let mut read = tx.prepare_cached(
-        "UPDATE room_members SET read_seq = max(read_seq, ?3) WHERE room = ?1 AND user_id = ?2",
-    )?;
-    for (room, user, seq) in &plan.reads {
-        read.execute(params![room.as_str(), user.as_str(), seq])?;
-    }
-    if plan.states.is_empty() && plan.mentions.is_empty() {
-        return Ok(());
-    }
-    let mut mention = tx.prepare_cached(
-        "INSERT OR IGNORE INTO mentions (room, seq, user_id) VALUES (?1, ?2, ?3)",
-    )?;
-    for (room, seq, user) in &plan.mentions {
-        mention.execute(params![room.as_str(), seq, user.as_str()])?;
-    }
-    let mut state = tx.prepare_cached(
-        "INSERT OR REPLACE INTO message_state (room, seq, text, edited, deleted_by, state_seq)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
-    )?;
-    for ((room, seq), s) in &plan.states {
-        state.execute(params![
-            room.as_str(),
-            seq,
-            s.text,
-            s.edited,
-            s.deleted_by.as_ref().map(UserId::as_str),
-            s.state_seq
-        ])?;
-    }
-    let mut redact = tx.prepare_cached(
-        "UPDATE events SET message = NULL
-         WHERE room = ?1 AND (seq = ?2 OR (target_seq = ?2 AND type = 'edit'))",
-    )?;
-    for (room, seq) in &plan.redact {
-        redact.execute(params![room.as_str(), seq])?;
-    }
-    let mut react = tx.prepare_cached(
-        "INSERT OR IGNORE INTO reactions (room, seq, emoji, user_id, at_seq) VALUES (?1, ?2, ?3, ?4, ?5)",
-    )?;
-    let mut unreact = tx.prepare_cached(
-        "DELETE FROM reactions WHERE room = ?1 AND seq = ?2 AND emoji = ?3 AND user_id = ?4",
-    )?;
-    for ((room, seq, emoji, user), at) in &plan.reactions {
-        match at {
-            Some(at) => react.execute(params![room.as_str(), seq, emoji, user.as_str(), at])?,
-            None => unreact.execute(params![room.as_str(), seq, emoji, user.as_str()])?,
-        };
-    }
-    Ok(())
-}
-
 /// The reactions of `room`'s messages among `events`, in the order made.
 fn load_reactions(
     conn: &Connection,
@@ -549,7 +237,7 @@ impl EventStore for SqliteStore {
         let batch = batch.to_vec();
         let node = node.to_owned();
         Self::with(&self.writer, move |conn| {
-            append_blocking(conn, &batch, &node)
+            write::append_blocking(conn, &batch, &node)
         })
         .await
     }
