@@ -202,10 +202,8 @@ test('a page whose node is SIGKILLed moves to the other node and misses nothing'
     const victim = await nodeOf(pa);
     const pid = Number(NODE_PIDS[victim]);
     const others = Object.keys(NODES).filter((n) => n !== victim);
-    if (!pid || !others.length) {
-      t.skip(`no pid for ${victim} or no other node (CONFAB_NODE_PIDS, CONFAB_NODES)`);
-      return;
-    }
+    assert.ok(pid && others.length,
+      `no pid for ${victim} or no other node: set CONFAB_NODE_PIDS and CONFAB_NODES, or run scripts/browser-test, which starts them`);
     const survivor = others[0];
     const survivorUrl = NODES[survivor];
     t.diagnostic(`alice on ${victim} (pid ${pid}); bob on ${await nodeOf(pb)}; killing ${victim}`);
@@ -259,10 +257,8 @@ test('a page whose node is SIGKILLed moves to the other node and misses nothing'
 });
 
 test('token mode: a token signs in, and an expired one sends the page back to sign-in', { timeout: 90000 }, async (t) => {
-  if (!TOKEN_URL || !TOKEN_SECRET) {
-    t.skip('no token-mode node (CONFAB_TOKEN_URL, CONFAB_TOKEN_SECRET)');
-    return;
-  }
+  assert.ok(TOKEN_URL && TOKEN_SECRET,
+    'no token-mode node: set CONFAB_TOKEN_URL and CONFAB_TOKEN_SECRET, or run scripts/browser-test, which starts one');
   const carol = unique('carol');
   // The token comes in the link; the page takes it out of the address bar.
   const pc = await openPage(browser, { name: 'carol', base: TOKEN_URL, query: `token=${signToken(carol, 4)}` });
@@ -292,10 +288,7 @@ test('token mode: a token signs in, and an expired one sends the page back to si
 
 test('a new epoch (a new store behind the same address) drops what the page knew and reloads', { timeout: 90000 }, async (t) => {
   const bin = process.env.CONFAB_BIN;
-  if (!bin) {
-    t.skip('no CONFAB_BIN to start a node of its own with');
-    return;
-  }
+  assert.ok(bin, 'CONFAB_BIN is not set: build with cargo build and run scripts/browser-test, which sets it');
   const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'confab-epoch-'));
   const port = await freePort();
   const base = `http://127.0.0.1:${port}`;

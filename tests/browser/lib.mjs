@@ -62,14 +62,13 @@ const TYPES = { '.html': 'text/html; charset=utf-8', '.js': 'text/javascript; ch
 const STATIC_FILES = fs.readdirSync(STATIC).filter((f) => TYPES[path.extname(f)]);
 
 let staticMode = null;
-/** Whether the server serves static/ as it is on disk. Until the server
- * serves every file (and serves the current index.html), Playwright answers
- * those requests from disk: everything else (the WebSocket, /whoami, the
- * REST API) still goes to the server through nginx. */
+/** How the page's files are served: by the server (the default, checked
+ * against static/ on disk, so a stale binary fails the tests), or, with
+ * CONFAB_STATIC=disk (editing the client without rebuilding), by Playwright
+ * from disk while everything else still goes to the server. */
 export async function resolveStaticMode() {
   if (staticMode) return staticMode;
-  const want = process.env.CONFAB_STATIC || 'auto';
-  if (want === 'disk' || want === 'server') return (staticMode = want);
+  if ((process.env.CONFAB_STATIC || 'server') === 'disk') return (staticMode = 'disk');
   for (const f of STATIC_FILES) {
     const url = BASE + (f === 'index.html' ? '/' : '/' + f);
     let same = false;
@@ -78,8 +77,8 @@ export async function resolveStaticMode() {
       same = res.ok && (await res.text()) === fs.readFileSync(path.join(STATIC, f), 'utf8');
     } catch (_) { /* not served */ }
     if (!same) {
-      console.log(`# ${url} is not static/${f} as on disk: the tests serve static/ from disk`);
-      return (staticMode = 'disk');
+      throw new Error(`${url} is not static/${f} as on disk: the binary is older than static/; `
+        + 'run cargo build (or CONFAB_STATIC=disk to test the files on disk)');
     }
   }
   return (staticMode = 'server');
