@@ -111,7 +111,7 @@ impl ChatServer {
                 since,
                 received,
             } => (conn, reference, since, received),
-            Origin::Http(tx) => {
+            http @ Origin::Http(_) => {
                 let frame = reply_frame(&Reply::Ack(Ack {
                     command,
                     room: Some(room),
@@ -119,12 +119,7 @@ impl ChatServer {
                     with,
                     ..Ack::default()
                 }));
-                let _ = tx.send(Ok(HttpDone {
-                    event: None,
-                    duplicate: false,
-                    body: frame.to_string(),
-                }));
-                return;
+                return self.answer(http, frame);
             }
         };
         let local = self.sequencer.last(room).unwrap_or(0);

@@ -1,7 +1,8 @@
 //! The connection registry: every local connection (its mailbox, identity
 //! and outbound state), which rooms each is subscribed to and which
-//! connections each room has. Both directions are kept, so neither a fan-out
-//! nor a disconnect scans every room. Plain data: no actor logic.
+//! connections each room has, and which connections each user has. Every
+//! direction is kept, so neither a fan-out, a disconnect nor a notice to a
+//! user scans what it does not need. Plain data: no actor logic.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::atomic::Ordering;
@@ -29,6 +30,8 @@ impl Conn {
 pub struct Registry {
     conns: HashMap<ConnId, Conn>,
     subscribers: HashMap<RoomName, HashSet<ConnId>>,
+    /// Each user's connections (those with an identity).
+    by_user: HashMap<UserId, HashSet<ConnId>>,
     next: u64,
 }
 
@@ -42,6 +45,9 @@ impl Registry {
     ) -> ConnId {
         self.next += 1;
         let id = ConnId(self.next);
+        if let Some(u) = &user {
+            self.by_user.entry(u.clone()).or_default().insert(id);
+        }
         self.conns.insert(
             id,
             Conn {
@@ -59,6 +65,7 @@ impl Registry {
         match self.conns.get_mut(&conn) {
             Some(c) if c.user.is_none() => {
                 c.user = Some(user.clone());
+                self.by_user.entry(user.clone()).or_default().insert(conn);
                 true
             }
             _ => false,
@@ -68,7 +75,16 @@ impl Registry {
     /// Forgets a connection and its subscriptions.
     pub fn disconnect(&mut self, conn: ConnId) -> Option<Conn> {
         self.unsubscribe_all(conn);
-        self.conns.remove(&conn)
+        let gone = self.conns.remove(&conn)?;
+        if let Some(u) = &gone.user {
+            if let Some(set) = self.by_user.get_mut(u) {
+                set.remove(&conn);
+                if set.is_empty() {
+                    self.by_user.remove(u);
+                }
+            }
+        }
+        Some(gone)
     }
 
     pub fn get(&self, conn: ConnId) -> Option<&Conn> {
@@ -134,14 +150,12 @@ impl Registry {
         self.subscribers.contains_key(room)
     }
 
-    /// Every connection of `user` on this node (a scan of the connections:
-    /// only notices, which are rare, ask).
+    /// Every connection of `user` on this node.
     pub fn conns_of_user(&self, user: &UserId) -> Vec<ConnId> {
-        self.conns
-            .iter()
-            .filter(|(_, c)| c.user.as_ref() == Some(user))
-            .map(|(id, _)| *id)
-            .collect()
+        self.by_user
+            .get(user)
+            .map(|set| set.iter().copied().collect())
+            .unwrap_or_default()
     }
 
     /// The connections of `user` subscribed to `room`.
@@ -215,5 +229,23 @@ pub(crate) mod tests {
         );
         out.evicted.store(true, Ordering::Relaxed);
         assert!(!r.subscribe(c, &room("g")));
+    }
+
+    #[actix::test]
+    async fn a_users_connections_are_found_without_a_scan_and_forgotten() {
+        let mut r = Registry::default();
+        let u = UserId::parse("u").unwrap();
+        let a = r.connect(mailbox(), Some(u.clone()), Arc::default());
+        let b = r.connect(mailbox(), None, Arc::default());
+        assert_eq!(r.conns_of_user(&u), vec![a]);
+        assert!(r.identify(b, &u));
+        let mut both = r.conns_of_user(&u);
+        both.sort();
+        assert_eq!(both, vec![a, b]);
+        r.disconnect(a);
+        assert_eq!(r.conns_of_user(&u), vec![b]);
+        r.disconnect(b);
+        assert!(r.conns_of_user(&u).is_empty());
+        assert!(r.by_user.is_empty(), "no entry is left for a user gone");
     }
 }

@@ -12,6 +12,7 @@
 //! including the escaping of label values such as the `node` label.
 
 use std::borrow::Cow;
+use std::collections::HashMap;
 use std::time::Duration;
 
 use prometheus_client::encoding::text::encode;
@@ -21,6 +22,8 @@ use prometheus_client::metrics::gauge::Gauge as PromGauge;
 use prometheus_client::metrics::histogram::{exponential_buckets, Histogram as PromHistogram};
 use prometheus_client::metrics::info::Info;
 use prometheus_client::registry::{Registry, Unit};
+
+use crate::protocol::{Command, ErrorCode};
 
 /// What [`Metrics::render`] produces: `encode` writes OpenMetrics 1.0 text
 /// (ending in `# EOF`), not Prometheus' 0.0.4 text format.
@@ -128,10 +131,12 @@ pub struct Metrics {
     pub batch_size: Histogram,
     /// Events sent by one replay.
     pub replay_size: Histogram,
-    /// Commands received, by `command` (`invalid` when the frame is not one).
-    commands_by_type: Family<Vec<(&'static str, &'static str)>, PromCounter<u64>>,
-    /// Commands answered with an error, by `code`.
-    errors_by_code: Family<Vec<(&'static str, &'static str)>, PromCounter<u64>>,
+    /// Commands received, by `command` (`invalid` when the frame is not one):
+    /// a series per command type, made at start, so that counting is a map
+    /// lookup and an atomic add, with no label set built per frame.
+    commands_by_type: HashMap<&'static str, PromCounter<u64>>,
+    /// Commands answered with an error, by `code`, made the same way.
+    errors_by_code: HashMap<&'static str, PromCounter<u64>>,
     registry: Registry,
 }
 
@@ -142,30 +147,30 @@ fn help(text: &str) -> &str {
 }
 
 impl Metrics {
-    /// A fresh set of metrics in a registry of its own: every series is
-    /// prefixed `confab_` and labelled `node="<node>"`.
     /// Counts a command received, by its type.
     pub fn command(&self, command: &'static str) {
         self.commands.inc();
-        self.commands_by_type
-            .get_or_create(&vec![("command", command)])
-            .inc();
+        if let Some(c) = self.commands_by_type.get(command) {
+            c.inc();
+        }
     }
 
     /// Counts a command answered with an error, by its code.
-    pub fn command_error(&self, code: crate::protocol::ErrorCode) {
+    pub fn command_error(&self, code: ErrorCode) {
         self.command_errors.inc();
-        self.errors_by_code
-            .get_or_create(&vec![("code", code.as_str())])
-            .inc();
+        if let Some(c) = self.errors_by_code.get(code.as_str()) {
+            c.inc();
+        }
     }
 
+    /// A fresh set of metrics in a registry of its own: every series is
+    /// prefixed `confab_` and labelled `node="<node>"`.
     pub fn new(node: &str) -> Metrics {
         let mut registry = Registry::with_prefix_and_labels(
             "confab",
             [(Cow::Borrowed("node"), Cow::Owned(node.to_owned()))].into_iter(),
         );
-        let m = Metrics {
+        let mut m = Metrics {
             connections: Gauge::default(),
             connections_total: Counter::default(),
             commands: Counter::default(),
@@ -189,19 +194,31 @@ impl Metrics {
             commit_latency: Histogram::new(latency_buckets()),
             batch_size: Histogram::new(exponential_buckets(1.0, 2.0, 13)),
             replay_size: Histogram::new(exponential_buckets(1.0, 2.0, 15)),
-            commands_by_type: Family::default(),
-            errors_by_code: Family::default(),
+            commands_by_type: HashMap::new(),
+            errors_by_code: HashMap::new(),
             registry: Registry::default(),
         };
+        let by_type = Family::<Vec<(&'static str, &'static str)>, PromCounter<u64>>::default();
+        let by_code = Family::<Vec<(&'static str, &'static str)>, PromCounter<u64>>::default();
+        for name in Command::types().chain(["invalid"]) {
+            let c = by_type.get_or_create(&vec![("command", name)]).clone();
+            m.commands_by_type.insert(name, c);
+        }
+        for code in ErrorCode::ALL {
+            let c = by_code
+                .get_or_create(&vec![("code", code.as_str())])
+                .clone();
+            m.errors_by_code.insert(code.as_str(), c);
+        }
         registry.register(
             "commands_by_type",
             help("Commands received, by type (invalid: not a command)."),
-            m.commands_by_type.clone(),
+            by_type,
         );
         registry.register(
             "command_errors_by_code",
             help("Commands answered with an error, by error code."),
-            m.errors_by_code.clone(),
+            by_code,
         );
 
         let gauges = [

@@ -276,3 +276,44 @@ fn a_node_id_with_a_quote_renders_valid_text() {
         parse_sample(line).unwrap_or_else(|e| panic!("{e}: {line}"));
     }
 }
+
+#[test]
+fn commands_are_counted_by_type_and_errors_by_code_from_the_start() {
+    let m = Metrics::new("n");
+    m.command("message");
+    m.command("message");
+    m.command("invalid");
+    m.command_error(crate::protocol::ErrorCode::NotAMember);
+    let text = m.render();
+    let value = |needle: &str| {
+        text.lines()
+            .find(|l| l.starts_with(needle))
+            .unwrap_or_else(|| panic!("no {needle} in\n{text}"))
+            .rsplit(' ')
+            .next()
+            .unwrap()
+            .to_owned()
+    };
+    assert_eq!(
+        value("confab_commands_by_type_total{node=\"n\",command=\"message\""),
+        "2"
+    );
+    assert_eq!(
+        value("confab_commands_by_type_total{node=\"n\",command=\"invalid\""),
+        "1"
+    );
+    // Every type and code has its series before it is first used.
+    assert_eq!(
+        value("confab_commands_by_type_total{node=\"n\",command=\"unreact\""),
+        "0"
+    );
+    assert_eq!(
+        value("confab_command_errors_by_code_total{node=\"n\",code=\"not_a_member\""),
+        "1"
+    );
+    assert_eq!(
+        value("confab_command_errors_by_code_total{node=\"n\",code=\"banned\""),
+        "0"
+    );
+    assert_eq!(value("confab_commands_total{"), "3");
+}
