@@ -31,8 +31,8 @@ use crate::protocol::{BanInfo, Event, HistoryRange, Role, RoomName, Seq, UserId}
 
 pub use access::{Access, Need};
 pub use plan::{
-    plan, sorted, BanRow, Invitation, Keys, Loaded, Membership, MessageRow, NewRoom, Plan, RoomRow,
-    StateRow,
+    plan, plan_keyed, sorted, BanRow, Invitation, Keys, Loaded, Membership, MessageRow, NewRoom,
+    Plan, RoomRow, StateRow,
 };
 pub use request::{AppendOp, AppendOutcome, AppendRequest, Refusal};
 pub use rows::PageQuery;

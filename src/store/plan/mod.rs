@@ -31,10 +31,20 @@ pub use rows::{
 
 /// Decides every request of `batch` in order against what was loaded.
 pub fn plan(batch: &[AppendRequest], loaded: Loaded, node: &str, at: DateTime<Utc>) -> Plan {
-    let pairs: HashSet<Pair> = Keys::of(batch).pairs.into_iter().collect();
+    plan_keyed(batch, &Keys::of(batch), loaded, node, at)
+}
+
+/// [`plan`] with the [`Keys`] the store already computed to load `loaded`.
+pub fn plan_keyed(
+    batch: &[AppendRequest],
+    keys: &Keys,
+    loaded: Loaded,
+    node: &str,
+    at: DateTime<Utc>,
+) -> Plan {
     let mut p = Planner {
         s: loaded,
-        pairs,
+        pairs: &keys.pairs,
         node,
         at,
         plan: Plan::default(),
@@ -57,7 +67,7 @@ pub fn plan(batch: &[AppendRequest], loaded: Loaded, node: &str, at: DateTime<Ut
 struct Planner<'a> {
     /// The state as of the request being decided.
     s: Loaded,
-    pairs: HashSet<Pair>,
+    pairs: &'a HashSet<Pair>,
     node: &'a str,
     at: DateTime<Utc>,
     plan: Plan,

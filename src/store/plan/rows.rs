@@ -170,7 +170,7 @@ pub struct Keys {
     /// The rooms the batch may create, one per name.
     pub creates: Vec<NewRoom>,
     /// (room, user) for every caller and every user acted on.
-    pub pairs: Vec<Pair>,
+    pub pairs: HashSet<Pair>,
     /// (blocker, blocked): whether the users an `invite` or `dm` reaches
     /// blocked its caller.
     pub blocks: Vec<(UserId, UserId)>,
@@ -262,7 +262,7 @@ impl Keys {
             moderation,
             rooms,
             creates,
-            pairs: pairs.into_iter().collect(),
+            pairs,
             blocks: blocks.into_iter().collect(),
             sent: sent.into_iter().collect(),
             messages: messages.into_iter().collect(),

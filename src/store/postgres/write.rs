@@ -7,7 +7,7 @@ use super::load::load;
 use super::Params;
 use crate::protocol::{now_micros, RoomName, UserId};
 use crate::store::{
-    event_data, event_target, plan, AppendOutcome, AppendRequest, Keys, Plan, StoreError,
+    event_data, event_target, plan_keyed, AppendOutcome, AppendRequest, Keys, Plan, StoreError,
 };
 
 /// Decides and commits `batch` in one transaction (`EventStore::append`).
@@ -21,7 +21,7 @@ pub(super) async fn append(
     let keys = Keys::of(batch);
     let at = now_micros();
     let (loaded, inserted) = load(&tx, batch, &keys, &at).await?;
-    let mut plan = plan(batch, loaded, node, at);
+    let mut plan = plan_keyed(batch, &keys, loaded, node, at);
 
     // The writes are independent of each other: send them together and let
     // tokio-postgres pipeline them on the connection.

@@ -11,8 +11,8 @@ use crate::store::{
 pub(super) fn load(
     tx: &rusqlite::Transaction<'_>,
     batch: &[AppendRequest],
+    keys: &Keys,
 ) -> Result<Loaded, StoreError> {
-    let keys = Keys::of(batch);
     let mut loaded = Loaded::default();
     let mut room = tx
         .prepare_cached("SELECT last_seq, private, owner, dm_a, dm_b FROM rooms WHERE name = ?1")?;
@@ -104,7 +104,7 @@ pub(super) fn load(
          FROM events e LEFT JOIN message_state s ON s.room = e.room AND s.seq = e.seq
          WHERE e.room = ?1 AND e.seq = ?2 AND e.type = 'message'",
     )?;
-    for (room, seq) in keys.messages {
+    for (room, seq) in &keys.messages {
         let row = message
             .query_row(params![room.as_str(), seq], |r| {
                 let state_seq: Option<i64> = r.get(4)?;
@@ -123,21 +123,21 @@ pub(super) fn load(
             })
             .optional()?;
         if let Some(row) = row {
-            loaded.messages.insert((room, seq), row);
+            loaded.messages.insert((room.clone(), *seq), row);
         }
     }
     let mut reaction = tx.prepare_cached(
         "SELECT 1 FROM reactions WHERE room = ?1 AND seq = ?2 AND emoji = ?3 AND user_id = ?4",
     )?;
-    for key in keys.reactions {
+    for key in &keys.reactions {
         if reaction.exists(params![key.0.as_str(), key.1, key.2, key.3.as_str()])? {
-            loaded.reactions.insert(key);
+            loaded.reactions.insert(key.clone());
         }
     }
     let mut sent = tx.prepare_cached(&format!(
         "{EVENT_SELECT} WHERE e.room = ?1 AND e.user_id = ?2 AND e.client_msg_id = ?3"
     ))?;
-    for key in keys.sent {
+    for key in &keys.sent {
         if let Some(ev) = sent
             .query_row(
                 [key.0.as_str(), key.1.as_str(), key.2.as_str()],
@@ -145,7 +145,7 @@ pub(super) fn load(
             )
             .optional()?
         {
-            loaded.sent.insert(key, ev);
+            loaded.sent.insert(key.clone(), ev);
         }
     }
     Ok(loaded)

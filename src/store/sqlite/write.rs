@@ -8,7 +8,7 @@ use rusqlite::{params, Connection, TransactionBehavior};
 use super::fmt_at;
 use crate::protocol::{now_micros, UserId};
 use crate::store::{
-    event_data, event_target, plan, AppendOutcome, AppendRequest, Plan, StoreError,
+    event_data, event_target, plan_keyed, AppendOutcome, AppendRequest, Keys, Plan, StoreError,
 };
 
 use super::load::load;
@@ -19,9 +19,10 @@ pub(super) fn append_blocking(
     node: &str,
 ) -> Result<Vec<AppendOutcome>, StoreError> {
     let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
-    let loaded = load(&tx, batch)?;
+    let keys = Keys::of(batch);
+    let loaded = load(&tx, batch, &keys)?;
     let at = now_micros();
-    let mut plan = plan(batch, loaded, node, at);
+    let mut plan = plan_keyed(batch, &keys, loaded, node, at);
     let mut ids = HashMap::with_capacity(plan.events.len());
     {
         let mut create = tx.prepare_cached(
