@@ -22,12 +22,7 @@ fn now() -> u64 {
 
 /// An HS256 token signed with `secret`.
 fn sign(secret: &str, claims: Value) -> String {
-    jsonwebtoken::encode(
-        &Header::new(Algorithm::HS256),
-        &claims,
-        &EncodingKey::from_secret(secret.as_bytes()).unwrap(),
-    )
-    .unwrap()
+    common::hs256(secret, claims)
 }
 
 /// A token for `user`, valid for ten minutes.

@@ -4,25 +4,13 @@
 
 mod common;
 
-use std::time::{SystemTime, UNIX_EPOCH};
-
 use common::{http_with, Backend, Client, TestNode};
-use jsonwebtoken::{Algorithm, EncodingKey, Header};
 use serde_json::{json, Value};
 
 const SECRET: &str = "ops-secret-0123456789abcdef0123456789abcdef";
 
 fn token(user: &str, exp_in: i64) -> String {
-    let now = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .unwrap()
-        .as_secs() as i64;
-    jsonwebtoken::encode(
-        &Header::new(Algorithm::HS256),
-        &json!({"sub": user, "exp": now + exp_in}),
-        &EncodingKey::from_secret(SECRET.as_bytes()).unwrap(),
-    )
-    .unwrap()
+    common::token_for(SECRET, user, exp_in)
 }
 
 async fn whoami(node: &TestNode, headers: &[(&str, &str)]) -> (u16, Value) {

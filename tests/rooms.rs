@@ -5,7 +5,6 @@
 mod common;
 
 use std::collections::BTreeMap;
-use std::time::{SystemTime, UNIX_EPOCH};
 
 use common::{assert_contiguous, http_with, settle, short, user, Backend, Client, TestNode};
 use serde_json::{json, Value};
@@ -1895,17 +1894,7 @@ const TOKEN_SECRET: &str = "rooms-test-secret-0123456789abcdef0123";
 
 /// An HS256 token for `user`, valid for ten minutes.
 fn token(user: &str) -> String {
-    let exp = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .unwrap()
-        .as_secs()
-        + 600;
-    jsonwebtoken::encode(
-        &jsonwebtoken::Header::new(jsonwebtoken::Algorithm::HS256),
-        &json!({"sub": user, "exp": exp}),
-        &jsonwebtoken::EncodingKey::from_secret(TOKEN_SECRET.as_bytes()).unwrap(),
-    )
-    .unwrap()
+    common::token_for(TOKEN_SECRET, user, 600)
 }
 
 /// A GET with the bearer token of `user`: the status and the body as JSON.

@@ -132,6 +132,31 @@ impl StoreEnv {
     }
 }
 
+/// An HS256 JWT of `claims`, signed with `secret` (token mode's tests).
+#[allow(dead_code)]
+pub fn hs256(secret: &str, claims: serde_json::Value) -> String {
+    jsonwebtoken::encode(
+        &jsonwebtoken::Header::new(jsonwebtoken::Algorithm::HS256),
+        &claims,
+        &jsonwebtoken::EncodingKey::from_secret(secret.as_bytes()).expect("key"),
+    )
+    .expect("sign")
+}
+
+/// A token for `sub` signed with `secret`, expiring `ttl_secs` from now
+/// (negative: already expired).
+#[allow(dead_code)]
+pub fn token_for(secret: &str, sub: &str, ttl_secs: i64) -> String {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("clock")
+        .as_secs() as i64;
+    hs256(
+        secret,
+        serde_json::json!({"sub": sub, "exp": now + ttl_secs}),
+    )
+}
+
 mod client;
 mod cluster;
 mod node;
