@@ -14,7 +14,17 @@
 //! Seqs are assigned inside each append's transaction, so a room's order is
 //! still the commit order. When the store itself failed (unreachable, a pool
 //! timeout), the whole batch gets `unavailable` at once.
+//!
+//! More than one commit in flight: the writer is `lanes` such loops, each
+//! with its own queue, and a room always goes to the same lane (a hash of its
+//! name). So each room's appends still commit one batch after the other, in
+//! the order the ChatServer queued them, while other rooms' batches commit
+//! beside them on other connections. Lanes are to one node what several
+//! nodes are to one database: the store's row locks already keep concurrent
+//! batches apart (`store::postgres`). A store that commits one transaction at
+//! a time (SQLite) asks for one lane ([`EventStore::max_concurrent_appends`]).
 
+use std::hash::{BuildHasher, BuildHasherDefault, DefaultHasher};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Instant;
@@ -57,10 +67,11 @@ impl AppendJob {
     }
 }
 
-/// The sending side of the writer's queue, bounded in jobs and in bytes.
+/// The sending side of the writer's queues (one per lane), bounded in jobs
+/// and, over all lanes, in bytes.
 #[derive(Clone)]
 pub struct WriterHandle {
-    tx: mpsc::Sender<AppendJob>,
+    lanes: Vec<mpsc::Sender<AppendJob>>,
     queued_bytes: Arc<AtomicUsize>,
     max_bytes: usize,
 }
@@ -75,7 +86,8 @@ impl WriterHandle {
             return Err(job);
         }
         self.queued_bytes.fetch_add(bytes, Ordering::Relaxed);
-        self.tx.try_send(job).map_err(|e| {
+        let lane = &self.lanes[lane_of(job.request.room.as_str(), self.lanes.len())];
+        lane.try_send(job).map_err(|e| {
             self.queued_bytes.fetch_sub(bytes, Ordering::Relaxed);
             match e {
                 mpsc::error::TrySendError::Full(j) | mpsc::error::TrySendError::Closed(j) => j,
@@ -84,15 +96,26 @@ impl WriterHandle {
     }
 }
 
-/// How much the writer's queue holds at most.
+/// The lane of a room: the same for every append of the room.
+fn lane_of(room: &str, lanes: usize) -> usize {
+    if lanes == 1 {
+        return 0;
+    }
+    let hash = BuildHasherDefault::<DefaultHasher>::default().hash_one(room);
+    (hash % lanes as u64) as usize
+}
+
+/// How much the writer's queues hold at most (jobs over all lanes, bytes
+/// over all lanes), and how many lanes commit at once.
 #[derive(Debug, Clone, Copy)]
 pub struct QueueBounds {
     pub jobs: usize,
     pub bytes: usize,
+    pub lanes: usize,
 }
 
-/// Starts the writer task. It ends when every [`WriterHandle`] is dropped and
-/// the queue is drained; the returned handle resolves then.
+/// Starts the writer's lanes. They end when every [`WriterHandle`] is
+/// dropped and the queues are drained; the returned handle resolves then.
 pub fn spawn(
     store: Arc<dyn EventStore>,
     node: String,
@@ -101,44 +124,80 @@ pub fn spawn(
     sink: Recipient<Committed>,
     metrics: Arc<Metrics>,
 ) -> (WriterHandle, tokio::task::JoinHandle<()>) {
-    let (tx, mut rx) = mpsc::channel::<AppendJob>(queue.jobs);
+    let lanes = queue.lanes.clamp(1, store.max_concurrent_appends());
     let queued_bytes = Arc::new(AtomicUsize::new(0));
+    let mut senders = Vec::with_capacity(lanes);
+    let mut tasks = Vec::with_capacity(lanes);
+    for _ in 0..lanes {
+        let (tx, rx) = mpsc::channel::<AppendJob>(queue.jobs.div_ceil(lanes));
+        senders.push(tx);
+        tasks.push(tokio::spawn(lane(
+            rx,
+            store.clone(),
+            node.clone(),
+            batch_max,
+            queued_bytes.clone(),
+            sink.clone(),
+            metrics.clone(),
+        )));
+    }
+    if lanes > 1 {
+        log::info!("the event writer commits on {lanes} lanes");
+    }
     let handle = WriterHandle {
-        tx,
-        queued_bytes: queued_bytes.clone(),
+        lanes: senders,
+        queued_bytes,
         max_bytes: queue.bytes,
     };
     let task = tokio::spawn(async move {
-        let mut jobs = Vec::with_capacity(batch_max);
-        loop {
-            if rx.recv_many(&mut jobs, batch_max).await == 0 {
-                break;
-            }
-            let taken: usize = jobs.iter().map(AppendJob::bytes).sum();
-            queued_bytes.fetch_sub(taken, Ordering::Relaxed);
-            let (origins, requests): (Vec<Origin>, Vec<AppendRequest>) =
-                jobs.drain(..).map(|j| (j.origin, j.request)).unzip();
-            let started = Instant::now();
-            let outcomes = append_batch(store.as_ref(), &requests, &node, &metrics).await;
-            metrics.batches.inc();
-            metrics.batched_appends.add(requests.len() as u64);
-            let took = started.elapsed();
-            metrics.batch_seconds.add_duration(took);
-            metrics.commit_latency.observe(took.as_secs_f64());
-            metrics.batch_size.observe(requests.len() as f64);
-            let jobs = origins
-                .into_iter()
-                .zip(requests)
-                .zip(outcomes)
-                .map(|((o, r), out)| (o, r, out))
-                .collect();
-            if sink.send(Committed { jobs }).await.is_err() {
-                log::warn!("the chat server is gone; the writer stops");
-                break;
+        for task in tasks {
+            if let Err(e) = task.await {
+                log::error!("a writer lane failed: {e}");
             }
         }
     });
     (handle, task)
+}
+
+/// One lane: takes what queued, commits it as one batch, hands the outcomes
+/// to the ChatServer and waits until it has taken them.
+async fn lane(
+    mut rx: mpsc::Receiver<AppendJob>,
+    store: Arc<dyn EventStore>,
+    node: String,
+    batch_max: usize,
+    queued_bytes: Arc<AtomicUsize>,
+    sink: Recipient<Committed>,
+    metrics: Arc<Metrics>,
+) {
+    let mut jobs = Vec::with_capacity(batch_max);
+    loop {
+        if rx.recv_many(&mut jobs, batch_max).await == 0 {
+            break;
+        }
+        let taken: usize = jobs.iter().map(AppendJob::bytes).sum();
+        queued_bytes.fetch_sub(taken, Ordering::Relaxed);
+        let (origins, requests): (Vec<Origin>, Vec<AppendRequest>) =
+            jobs.drain(..).map(|j| (j.origin, j.request)).unzip();
+        let started = Instant::now();
+        let outcomes = append_batch(store.as_ref(), &requests, &node, &metrics).await;
+        metrics.batches.inc();
+        metrics.batched_appends.add(requests.len() as u64);
+        let took = started.elapsed();
+        metrics.batch_seconds.add_duration(took);
+        metrics.commit_latency.observe(took.as_secs_f64());
+        metrics.batch_size.observe(requests.len() as f64);
+        let jobs = origins
+            .into_iter()
+            .zip(requests)
+            .zip(outcomes)
+            .map(|((o, r), out)| (o, r, out))
+            .collect();
+        if sink.send(Committed { jobs }).await.is_err() {
+            log::warn!("the chat server is gone; the writer stops");
+            break;
+        }
+    }
 }
 
 /// Appends one batch and gives each request its outcome, in order.
@@ -393,11 +452,24 @@ mod tests {
         assert_eq!(*store.calls.lock().unwrap(), [5, 1, 1]);
     }
 
+    #[test]
+    fn a_room_always_commits_on_the_same_lane_and_rooms_spread_over_all() {
+        let mut used = [0usize; 4];
+        for i in 0..1000 {
+            let room = format!("room-{i}");
+            let lane = lane_of(&room, 4);
+            assert_eq!(lane, lane_of(&room, 4));
+            used[lane] += 1;
+        }
+        assert!(used.iter().all(|n| *n > 150), "{used:?}");
+        assert_eq!(lane_of("any", 1), 0);
+    }
+
     #[tokio::test]
     async fn the_queue_refuses_past_its_bytes_and_gives_them_back_when_taken() {
         let (tx, mut rx) = mpsc::channel(100);
         let handle = WriterHandle {
-            tx,
+            lanes: vec![tx],
             queued_bytes: Arc::default(),
             max_bytes: 3000,
         };

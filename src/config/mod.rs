@@ -143,8 +143,14 @@ settings! {
     writer_queue: "WRITER_QUEUE" = "50000";
     /// Bytes of appends waiting for the event writer (full: unavailable).
     writer_queue_bytes: "WRITER_QUEUE_BYTES" = "67108864";
+    /// Bytes of recent events kept in memory (per room at most 256 events)
+    /// so that resumes are served without a store read; 0: off.
+    recent_events_bytes: "RECENT_EVENTS_BYTES" = "16777216";
     /// Most appends committed in one transaction.
     writer_batch_max: "WRITER_BATCH_MAX" = "2000";
+    /// Transactions the event writer keeps in flight, each for its own share
+    /// of the rooms (PostgreSQL; SQLite commits one at a time).
+    writer_lanes: "WRITER_LANES" = "4";
     /// On SIGTERM, seconds to wait for workers and for the writer.
     shutdown_timeout_secs: "SHUTDOWN_TIMEOUT_SECS" = "10";
     /// Log filter (env_logger), e.g. info or confab=debug.
@@ -272,6 +278,8 @@ pub struct Config {
     pub writer_queue: usize,
     pub writer_queue_bytes: usize,
     pub writer_batch_max: usize,
+    pub writer_lanes: usize,
+    pub recent_events_bytes: usize,
     pub shutdown_timeout: Duration,
 }
 
@@ -338,6 +346,8 @@ impl Config {
             writer_queue: parse(s, "WRITER_QUEUE")?,
             writer_queue_bytes: parse(s, "WRITER_QUEUE_BYTES")?,
             writer_batch_max: parse(s, "WRITER_BATCH_MAX")?,
+            writer_lanes: parse(s, "WRITER_LANES")?,
+            recent_events_bytes: parse(s, "RECENT_EVENTS_BYTES")?,
             shutdown_timeout: secs("SHUTDOWN_TIMEOUT_SECS")?,
         };
         config.check()?;
@@ -375,6 +385,7 @@ impl Config {
             ),
             ("WRITER_QUEUE", self.writer_queue as u64),
             ("WRITER_BATCH_MAX", self.writer_batch_max as u64),
+            ("WRITER_LANES", self.writer_lanes as u64),
         ];
         for (name, value) in positive {
             if value == 0 {

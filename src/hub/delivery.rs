@@ -378,6 +378,8 @@ impl ChatServer {
     /// Delivers the next event of a room: apply it, fan it out, answer its origin.
     fn deliver(&mut self, event: LiveEvent, waiter: Option<Appended>, ctx: &mut Context<Self>) {
         self.rooms.apply(&event);
+        self.recent
+            .push(&event.room, event.seq, event.kind, &event.frame);
         // The creator's or joiner's connection is subscribed before the fan-out,
         // so that it gets its own event before its ack.
         let mut replay_from = None;

@@ -19,6 +19,7 @@ mod ephemeral;
 mod notices;
 pub mod outbox;
 pub mod presence;
+mod recent;
 pub mod registry;
 mod repair;
 pub mod replay;
@@ -46,6 +47,7 @@ use crate::writer::WriterHandle;
 use delivery::Appended;
 use outbox::Outbox;
 use presence::Presence;
+use recent::Recent;
 use registry::Registry;
 use replay::Replays;
 use rooms::Rooms;
@@ -80,6 +82,8 @@ pub struct ChatServer {
     registry: Registry,
     outbox: Outbox,
     replays: Replays,
+    /// The last events of each room, for resumes served from memory.
+    recent: Recent,
     presence: Presence,
     /// When each (room, user) last had a `typing: true` forwarded.
     typing: HashMap<(RoomName, UserId), Instant>,
@@ -96,6 +100,7 @@ impl ChatServer {
                 crate::writer::QueueBounds {
                     jobs: parts.config.writer_queue,
                     bytes: parts.config.writer_queue_bytes,
+                    lanes: parts.config.writer_lanes,
                 },
                 parts.config.writer_batch_max,
                 ctx.address().recipient(),
@@ -122,6 +127,7 @@ impl ChatServer {
             sequencer.add_room(name, row.last_seq);
         }
         let rooms = Rooms::from_snapshot(&snapshot);
+        let recent_bytes = config.recent_events_bytes;
         metrics.rooms.set(sequencer.len() as i64);
         ChatServer {
             outbox: Outbox::new(config.session_mailbox),
@@ -135,6 +141,7 @@ impl ChatServer {
             rooms,
             registry: Registry::default(),
             replays: Replays::default(),
+            recent: Recent::new(recent_bytes),
             presence: Presence::default(),
             typing: HashMap::new(),
             shutting_down: false,

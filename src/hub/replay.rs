@@ -174,6 +174,10 @@ impl ChatServer {
             return self.end_replay(who, Some(missed == 0), &room, Vec::new());
         }
         self.metrics.replays.inc();
+        if let Some(frames) = self.recent.range(&room, since, upto) {
+            self.metrics.replays_from_memory.inc();
+            return self.end_replay(who, Some(true), &room, frames);
+        }
         let store = self.store.clone();
         let range = HistoryRange {
             since: Some(since),

@@ -117,6 +117,7 @@ pub struct Metrics {
     pub batch_seconds: SecondsCounter,
     pub store_errors: Counter,
     pub replays: Counter,
+    pub replays_from_memory: Counter,
     pub replayed_events: Counter,
     pub gap_repairs: Counter,
     pub bus_published: Counter,
@@ -184,6 +185,7 @@ impl Metrics {
             batch_seconds: SecondsCounter::default(),
             store_errors: Counter::default(),
             replays: Counter::default(),
+            replays_from_memory: Counter::default(),
             replayed_events: Counter::default(),
             gap_repairs: Counter::default(),
             bus_published: Counter::default(),
@@ -276,6 +278,11 @@ impl Metrics {
                 "replays",
                 "Joins with since that replayed events.",
                 &m.replays,
+            ),
+            (
+                "replays_from_memory",
+                "Replays served from the recent events in memory, without a store read.",
+                &m.replays_from_memory,
             ),
             (
                 "replayed_events",

@@ -122,6 +122,12 @@ pub trait EventStore: Send + Sync + 'static {
     /// Changes only when the store is a new one (so `since` no longer applies).
     fn epoch(&self) -> &str;
 
+    /// How many [`EventStore::append`]s may usefully run at once (the
+    /// writer's lanes). One for a store that commits one transaction at a time.
+    fn max_concurrent_appends(&self) -> usize {
+        1
+    }
+
     /// Decides and commits a batch in one transaction, in order. An `Err`
     /// means nothing of the batch was stored.
     async fn append(

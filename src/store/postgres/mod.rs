@@ -182,6 +182,12 @@ impl EventStore for PgStore {
         &self.epoch
     }
 
+    /// Batches of different rooms commit side by side, each on a connection
+    /// of the pool; half of it stays for reads (history, replays).
+    fn max_concurrent_appends(&self) -> usize {
+        (self.pool.status().max_size / 2).max(1)
+    }
+
     async fn append(
         &self,
         batch: &[AppendRequest],
