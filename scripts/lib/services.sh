@@ -4,7 +4,7 @@
 # one is called.
 #
 #   ensure_packages              install postgresql, redis-server, nginx-light
-#                                (and curl) with apt-get when missing
+#                                (and curl, pgbench) with apt-get when missing
 #   free_port [N]                print N (default 1) distinct free TCP ports
 #   start_postgres DIR           initdb into DIR/pg (once) and start it;
 #                                exports PGHOST PGPORT PGUSER CONFAB_TEST_PG_URL
@@ -64,6 +64,10 @@ pg_bin_dir() {
 ensure_packages() {
     local missing=()
     pg_bin_dir >/dev/null || missing+=(postgresql)
+    # pgbench (scripts/bench store-floor) comes with the server in Debian 12;
+    # where it does not, from the client package.
+    compgen -G '/usr/lib/postgresql/*/bin/pgbench' >/dev/null || command -v pgbench >/dev/null ||
+        missing+=(postgresql-client)
     if ! command -v redis-server >/dev/null || ! command -v redis-cli >/dev/null; then
         missing+=(redis-server)
     fi

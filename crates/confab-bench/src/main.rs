@@ -22,6 +22,7 @@ mod load;
 mod procfs;
 mod resume;
 mod soak;
+mod store_floor;
 mod util;
 mod ws;
 
@@ -54,6 +55,8 @@ enum Command {
     Resume(resume::ResumeArgs),
     /// A bounded soak of one node: steady load, churn and slow readers for --minutes; RSS, fds, connections.
     Soak(soak::SoakArgs),
+    /// The store floor on SQLite: batched inserts of event rows with the store's PRAGMAs, rows/s.
+    StoreFloor(store_floor::StoreFloorArgs),
 }
 
 fn main() {
@@ -81,6 +84,7 @@ fn main() {
             Some(Command::Floor(args)) => floor::main(args).await,
             Some(Command::Resume(args)) => resume::main(args).await,
             Some(Command::Soak(args)) => soak::main(args).await,
+            Some(Command::StoreFloor(args)) => store_floor::main(args).await,
             None => load::main(cli.load).await,
         }
     });
