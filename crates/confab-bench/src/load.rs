@@ -9,6 +9,11 @@
 //! the same connections until one is not sustained (`load/check.rs`). With `--pid` the
 //! server's RSS and CPU are read from `/proc`.
 //!
+//! `--dialect actix` loads actix's own in-memory chat example (actix/examples
+//! `websockets/chat`) with the same workloads: plain-text frames, rooms joined with
+//! `/join NAME`, no acks and no room seq, and the sender gets no copy of its message
+//! (see [`Dialect`]).
+//!
 //! The pieces: `load/setup.rs` connects and joins, `load/client.rs` is one connection,
 //! `load/check.rs` counts and judges, `load/report.rs` prints the report.
 
@@ -23,8 +28,9 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use anyhow::{anyhow, bail, Context, Result};
-use clap::Args;
+use clap::{Args, ValueEnum};
 use log::{info, warn};
+use serde::Serialize;
 use tokio::time::{sleep, Instant};
 
 use crate::procfs::{cpu_s_between, cpu_ticks, read_rss_kib, server_cpu_ticks, server_rss_kib};
@@ -42,11 +48,31 @@ const PHASE_WARMUP: u64 = 1;
 const PHASE_MEASURE: u64 = 2;
 const PHASE_DRAIN: u64 = 3;
 
+/// The protocol the server speaks.
+#[derive(ValueEnum, Serialize, Clone, Copy, PartialEq, Eq, Debug, Default)]
+#[serde(rename_all = "lowercase")]
+pub(crate) enum Dialect {
+    /// Confab's JSON protocol (the floor server speaks its subset): create/join acked with
+    /// the room's seq, each message acked, every member (the sender too) gets a copy.
+    #[default]
+    Confab,
+    /// actix's chat example: every connection starts in room "main" (whose members get
+    /// "Someone joined" and "Total visitors N" on each connect), `/join NAME` moves it
+    /// to room NAME and is answered "joined", any other text goes as is to every other
+    /// member of the room. There is no ack and no seq: a message counts as acked once
+    /// written, each receiver checks each sender's sender_seq goes up by one, and a
+    /// message is expected `members - 1` times.
+    Actix,
+}
+
 #[derive(Args, Debug, Clone)]
 pub(crate) struct LoadArgs {
     /// WebSocket URL of a server, e.g. ws://127.0.0.1:8080/ws (repeatable; clients are spread round-robin).
     #[arg(long = "url", required = true, value_name = "URL")]
     urls: Vec<String>,
+    /// The server's protocol: Confab's (and the floor's), or actix's chat example.
+    #[arg(long, value_enum, default_value_t = Dialect::Confab)]
+    dialect: Dialect,
     /// Number of connections (at most 200000).
     #[arg(long, default_value_t = 100)]
     clients: usize,
@@ -156,6 +182,7 @@ struct Shared {
     /// Time zero of the run; message send times are nanoseconds since it.
     base: std::time::Instant,
     rooms: usize,
+    dialect: Dialect,
     stats: StepStats,
 }
 
@@ -188,6 +215,7 @@ pub(crate) async fn main(args: LoadArgs) -> i32 {
     );
     let report = Mutex::new(RunReport {
         run_id: run_id(),
+        dialect: args.dialect,
         urls: args.urls.clone(),
         clients: args.clients,
         rooms: args.rooms,
@@ -235,6 +263,7 @@ async fn run_bench(args: &LoadArgs, report: &Mutex<RunReport>) -> Result<()> {
         control: AtomicU64::new(PHASE_IDLE),
         base: std::time::Instant::now(),
         rooms: args.rooms,
+        dialect: args.dialect,
         stats: StepStats::new()?,
     });
     let rss_before = server_rss_kib(&args.pids)?;
@@ -323,7 +352,11 @@ async fn run_step(
     for (n, (k, tx)) in senders.iter().enumerate() {
         // Stagger senders over one period so their schedules do not coincide.
         let first_tick = start + period.mul_f64(n as f64 / senders.len() as f64);
-        let members = members[k % args.rooms];
+        let members = match args.dialect {
+            Dialect::Confab => members[k % args.rooms],
+            // actix's chat example does not send a message back to its sender.
+            Dialect::Actix => members[k % args.rooms].saturating_sub(1),
+        };
         let _ = tx.send(ClientCommand::StartSending {
             step,
             period,

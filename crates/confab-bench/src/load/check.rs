@@ -5,6 +5,10 @@
 //! Every receiver checks the room's `seq` continuity (gaps = lost events, `seq <= last` =
 //! duplicates) and per-sender order, and records the end-to-end latency of measured
 //! messages. Expected deliveries are, per acked measured message, its room's member count.
+//! With `--dialect actix` there is no room seq: every receiver checks that each sender's
+//! `sender_seq` goes up by one instead (a gap is lost, a repeat a duplicate, lower out of
+//! order), a message counts as acked once written, and is expected `members - 1` times
+//! (the sender gets no copy).
 //! A step is sustained unless it shows any loss, gap, duplicate or reordering; p99 over the
 //! limit; acks below 95 % of sends; or the bench sending under 90 % of the target rate.
 
@@ -156,7 +160,7 @@ impl StepStats {
 }
 
 /// One connection's place in its room: the last room `seq` it was given and the last
-/// `sender_seq` of each sender of the room.
+/// `sender_seq` of each sender of the room (the only check with `--dialect actix`).
 #[derive(Default)]
 pub(super) struct Continuity {
     /// Last room seq given to this connection; `None` until the join ack.
@@ -197,17 +201,60 @@ impl Continuity {
         rooms: usize,
         stats: &StepStats,
     ) {
-        if payload.sender % rooms == room_index && payload.sender / rooms < MAX_CLIENTS {
-            let slot = payload.sender / rooms;
-            if self.last_by_sender.len() <= slot {
-                self.last_by_sender.resize(slot + 1, 0);
-            }
-            if payload.sender_seq < self.last_by_sender[slot] {
+        if let Some(last) = self.last_of_sender(payload, room_index, rooms) {
+            if payload.sender_seq < *last {
                 stats.out_of_order.fetch_add(1, Relaxed);
             } else {
-                self.last_by_sender[slot] = payload.sender_seq;
+                *last = payload.sender_seq;
             }
         }
+    }
+
+    /// The `--dialect actix` check, with no room seq to go by: each sender's sender_seq
+    /// (1, 2, ... from the first message, all sent after every client joined) must go up
+    /// by one. A jump counts the messages skipped as gaps, a repeat as a duplicate, a lower
+    /// one as out of order. True unless the message is a duplicate or not of this room.
+    pub(super) fn check_sender_seq(
+        &mut self,
+        payload: &Payload,
+        room_index: usize,
+        rooms: usize,
+        stats: &StepStats,
+    ) -> bool {
+        let Some(last) = self.last_of_sender(payload, room_index, rooms) else {
+            return false;
+        };
+        let seq = payload.sender_seq;
+        if seq == *last {
+            stats.duplicated.fetch_add(1, Relaxed);
+            return false;
+        }
+        if seq < *last {
+            stats.out_of_order.fetch_add(1, Relaxed);
+        } else {
+            if seq > *last + 1 {
+                stats.seq_gaps.fetch_add(seq - *last - 1, Relaxed);
+            }
+            *last = seq;
+        }
+        true
+    }
+
+    /// The last sender_seq seen from the payload's sender, if it is a sender of this room.
+    fn last_of_sender(
+        &mut self,
+        payload: &Payload,
+        room_index: usize,
+        rooms: usize,
+    ) -> Option<&mut u64> {
+        if payload.sender % rooms != room_index || payload.sender / rooms >= MAX_CLIENTS {
+            return None;
+        }
+        let slot = payload.sender / rooms;
+        if self.last_by_sender.len() <= slot {
+            self.last_by_sender.resize(slot + 1, 0);
+        }
+        Some(&mut self.last_by_sender[slot])
     }
 }
 
@@ -249,4 +296,36 @@ pub(super) fn check_failures(report: &RunReport) -> Vec<String> {
         failures.push("no step completed".to_owned());
     }
     failures
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn payload(sender: usize, sender_seq: u64) -> Payload {
+        Payload {
+            sender,
+            sender_seq,
+            send_ns: 0,
+            measured: true,
+            step: 0,
+        }
+    }
+
+    #[test]
+    fn actix_continuity_counts_gaps_duplicates_and_reordering_per_sender() {
+        let stats = StepStats::new().unwrap();
+        let mut continuity = Continuity::default();
+        // Room 1 of 10: senders 1 and 11.
+        let mut check =
+            |sender, seq| continuity.check_sender_seq(&payload(sender, seq), 1, 10, &stats);
+        assert!(check(1, 1) && check(11, 1) && check(1, 2) && check(11, 2));
+        assert!(check(1, 5)); // 3 and 4 missing
+        assert!(!check(1, 5)); // a repeat
+        assert!(check(1, 4)); // late
+        assert!(!check(2, 1)); // not of this room
+        assert_eq!(stats.seq_gaps.load(Relaxed), 2);
+        assert_eq!(stats.duplicated.load(Relaxed), 1);
+        assert_eq!(stats.out_of_order.load(Relaxed), 1);
+    }
 }

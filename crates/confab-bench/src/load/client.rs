@@ -9,6 +9,12 @@
 //! `w<step>` or `m<step>` (warmup / measured). How late each write was against its schedule
 //! is reported as "send lag": a large lag means the bench (or the socket's backpressure)
 //! could not keep the open-loop schedule.
+//!
+//! With `--dialect actix` the text is sent as is, as a text frame (no JSON, no ack: it
+//! counts as acked once written), and the connection sends `/join <room>` as soon as it is
+//! open rather than when the controller asks: until then it sits in actix's room "main",
+//! whose members all get two frames per connect, a storm that grows with the square of the
+//! connections still there. The controller's join then waits for the reply "joined".
 
 use std::borrow::Cow;
 use std::sync::atomic::Ordering::Relaxed;
@@ -25,7 +31,7 @@ use tokio::time::{Instant, Interval, MissedTickBehavior};
 use tokio_tungstenite::tungstenite::Message;
 
 use super::check::Continuity;
-use super::{LoadArgs, Shared, PHASE_MEASURE, PHASE_WARMUP};
+use super::{Dialect, LoadArgs, Shared, PHASE_MEASURE, PHASE_WARMUP};
 use crate::util::lock;
 use crate::ws::ClientSocket;
 
@@ -113,6 +119,8 @@ pub(super) struct BenchClient {
     /// Where this connection stands in its room's seq and each sender's sender_seq.
     continuity: Continuity,
     pending_setup: Option<(SetupKind, SetupReply)>,
+    /// `--dialect actix`: whether the server answered our `/join` with "joined".
+    actix_joined: bool,
     ticker: Option<Interval>,
     sending_step: u64,
     room_members: u64,
@@ -132,6 +140,7 @@ impl BenchClient {
             shared,
             continuity: Continuity::default(),
             pending_setup: None,
+            actix_joined: false,
             ticker: None,
             sending_step: u64::MAX,
             room_members: 0,
@@ -145,6 +154,13 @@ impl BenchClient {
         mut ws: ClientSocket,
         mut commands: mpsc::UnboundedReceiver<ClientCommand>,
     ) {
+        if self.shared.dialect == Dialect::Actix {
+            if let Err(e) = ws.send(Message::text(format!("/join {}", self.room))).await {
+                debug!("client {}: {e}", self.index);
+                self.shared.stats.count_error("send_failed");
+                return;
+            }
+        }
         let ending = loop {
             tokio::select! {
                 frame = ws.next() => match frame {
@@ -181,6 +197,14 @@ impl BenchClient {
 
     async fn on_command(&mut self, command: ClientCommand, ws: &mut ClientSocket) -> Result<()> {
         match command {
+            ClientCommand::Setup { kind, reply } if self.shared.dialect == Dialect::Actix => {
+                // The `/join` went out when the connection opened; there is no create.
+                if kind == SetupKind::Create || self.actix_joined {
+                    let _ = reply.send(Ok(()));
+                } else {
+                    self.pending_setup = Some((kind, reply));
+                }
+            }
             ClientCommand::Setup { kind, reply } => {
                 let frame = format!(
                     r#"{{"type":"{0}","room":"{1}","user_id":"{2}","ref":"{0}"}}"#,
@@ -235,6 +259,16 @@ impl BenchClient {
             'x',
             self.size.saturating_sub(text.len()),
         ));
+        if self.shared.dialect == Dialect::Actix {
+            ws.send(Message::text(text)).await?;
+            // No ack will come: a measured message counts as acked once written.
+            if measured {
+                let stats = &self.shared.stats;
+                stats.acked.fetch_add(1, Relaxed);
+                stats.expected.fetch_add(self.room_members, Relaxed);
+            }
+            return Ok(());
+        }
         let frame = format!(
             r#"{{"type":"message","room":"{}","user_id":"{}","message":"{text}","ref":{sender_seq}}}"#,
             self.room, self.user
@@ -244,6 +278,9 @@ impl BenchClient {
     }
 
     fn on_text(&mut self, text: &str) {
+        if self.shared.dialect == Dialect::Actix {
+            return self.on_actix_text(text);
+        }
         let Ok(frame) = serde_json::from_str::<ServerFrame>(text) else {
             self.shared.stats.count_error("unparsable_frame");
             return;
@@ -267,6 +304,38 @@ impl BenchClient {
         let rooms = self.shared.rooms;
         self.continuity
             .check_order(&payload, self.room_index, rooms, stats);
+        self.count_delivery(&payload);
+    }
+
+    /// A text frame of actix's chat example: "joined" (the reply to our `/join`), a bench
+    /// message, or something else ("Someone joined", "Total visitors N", ...), ignored.
+    fn on_actix_text(&mut self, text: &str) {
+        if text == "joined" {
+            self.actix_joined = true;
+            if let Some((_, reply)) = self.pending_setup.take() {
+                let _ = reply.send(Ok(()));
+            }
+            return;
+        }
+        if text.starts_with("!!!") {
+            self.shared.stats.count_error("server_complaint"); // e.g. "!!! unknown command"
+            return;
+        }
+        let Some(payload) = Payload::parse(text) else {
+            return; // not a bench message
+        };
+        let (stats, rooms) = (&self.shared.stats, self.shared.rooms);
+        if self
+            .continuity
+            .check_sender_seq(&payload, self.room_index, rooms, stats)
+        {
+            self.count_delivery(&payload);
+        }
+    }
+
+    /// Counts a new delivery of a bench message and, if measured in this step, its latency.
+    fn count_delivery(&self, payload: &Payload) {
+        let stats = &self.shared.stats;
         let (step, phase) = self.shared.control();
         if phase == PHASE_MEASURE {
             stats.in_window.fetch_add(1, Relaxed);

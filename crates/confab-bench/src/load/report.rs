@@ -5,6 +5,8 @@ use std::collections::BTreeMap;
 
 use serde::Serialize;
 
+use super::Dialect;
+
 #[derive(Serialize, Default, Clone)]
 pub(super) struct ConnectReport {
     pub(super) attempted: usize,
@@ -52,7 +54,8 @@ pub(super) struct StepReport {
     pub(super) received_deliveries: u64,
     /// expected - received, not below 0.
     pub(super) lost: u64,
-    /// Events missing from some connection's seq sequence (any event, any time in the step).
+    /// Events missing from some connection's seq sequence (any event, any time in the step);
+    /// with `--dialect actix`, messages missing from some sender's sender_seq sequence.
     pub(super) seq_gaps: u64,
     pub(super) duplicated: u64,
     pub(super) out_of_order: u64,
@@ -70,6 +73,8 @@ pub(super) struct StepReport {
 #[derive(Serialize, Default)]
 pub(super) struct RunReport {
     pub(super) run_id: String,
+    /// The protocol the server was spoken to in (`--dialect`).
+    pub(super) dialect: Dialect,
     pub(super) urls: Vec<String>,
     pub(super) clients: usize,
     pub(super) rooms: usize,
@@ -95,9 +100,14 @@ pub(super) struct RunReport {
 pub(super) fn print_report(report: &RunReport) {
     let c = &report.connect;
     println!(
-        "confab-bench run {} -> {}",
+        "confab-bench run {} -> {}{}",
         report.run_id,
-        report.urls.join(", ")
+        report.urls.join(", "),
+        match report.dialect {
+            Dialect::Confab => "",
+            Dialect::Actix =>
+                " (dialect actix: acked = written, gaps = per-sender sender_seq gaps)",
+        }
     );
     println!(
         "  {} clients, {} rooms, {} senders ({} active), {} B messages, warmup {} s, measured {} s per step",
