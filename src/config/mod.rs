@@ -150,7 +150,7 @@ settings! {
     writer_batch_max: "WRITER_BATCH_MAX" = "2000";
     /// Transactions the event writer keeps in flight, each for its own share
     /// of the rooms (PostgreSQL; SQLite commits one at a time).
-    writer_lanes: "WRITER_LANES" = "4";
+    writer_lanes: "WRITER_LANES" = "2";
     /// On SIGTERM, seconds to wait for workers and for the writer.
     shutdown_timeout_secs: "SHUTDOWN_TIMEOUT_SECS" = "10";
     /// Log filter (env_logger), e.g. info or confab=debug.
