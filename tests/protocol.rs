@@ -20,6 +20,7 @@ on_both_stores!(
     rest_api_reads_and_posts_like_the_socket,
     join_with_since_replays_what_was_missed,
     join_with_since_past_the_replay_limit_is_not_recovered,
+    a_resume_is_served_from_memory_until_a_delete_changes_the_log,
 );
 
 async fn readme_session_creates_a_room_and_posts(b: Backend) {
@@ -549,4 +550,64 @@ async fn join_with_since_past_the_replay_limit_is_not_recovered(b: Backend) {
     a.ok(json!({"type":"message","room":"r","message":"live"}))
         .await;
     assert_eq!(c.recv().await["seq"], 8, "live events follow the ack's seq");
+}
+
+/// `history` of room r past seq 2.
+fn since_2() -> Value {
+    json!({"type":"history","room":"r","since":2,"limit":100})
+}
+
+/// The value of a counter in the node's /metrics.
+async fn counter(node: &TestNode, name: &str) -> u64 {
+    let (_, body) = node.http("GET", "/metrics", None).await;
+    body.lines()
+        .find(|l| l.starts_with(name))
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| panic!("{name} is not in /metrics"))
+}
+
+async fn a_resume_is_served_from_memory_until_a_delete_changes_the_log(b: Backend) {
+    let node = TestNode::start(b).await;
+    let mut a = node.client().await;
+    a.ok(json!({"user_id":"a","type":"create","room":"r"}))
+        .await;
+    for i in 0..5 {
+        a.ok(json!({"type":"message","room":"r","message":format!("m{i}")}))
+            .await;
+    }
+    // seqs: 1 create, 2..=6 messages. A resume from 2 comes from memory.
+    let mut b1 = node.client().await;
+    let mut frames = b1
+        .cmd(json!({"user_id":"a","type":"join","room":"r","since":2}))
+        .await;
+    assert_eq!(frames.pop().unwrap()["recovered"], true);
+    assert_eq!(json!(frames), b1.reply(since_2()).await["events"]);
+    assert_eq!(counter(&node, "confab_replays_from_memory_total").await, 1);
+
+    // A delete erases seq 3's text in the store: the next resume must show
+    // that, so it is read from the store, not from what was delivered.
+    a.ok(json!({"type":"delete","room":"r","seq":3})).await;
+    let mut b2 = node.client().await;
+    let mut frames = b2
+        .cmd(json!({"user_id":"a","type":"join","room":"r","since":2}))
+        .await;
+    assert_eq!(frames.pop().unwrap()["recovered"], true);
+    assert_eq!(frames[0]["seq"], 3);
+    assert!(frames[0].get("message").is_none(), "{}", frames[0]);
+    assert_eq!(json!(frames), b2.reply(since_2()).await["events"]);
+    assert_eq!(counter(&node, "confab_replays_total").await, 2);
+    assert_eq!(counter(&node, "confab_replays_from_memory_total").await, 1);
+
+    // Events after the delete are served from memory again.
+    a.ok(json!({"type":"message","room":"r","message":"m5"}))
+        .await;
+    let mut b3 = node.client().await;
+    let mut frames = b3
+        .cmd(json!({"user_id":"a","type":"join","room":"r","since":7}))
+        .await;
+    assert_eq!(frames.pop().unwrap()["recovered"], true);
+    assert_eq!(frames.len(), 1);
+    assert_eq!(frames[0]["message"], "m5");
+    assert_eq!(counter(&node, "confab_replays_from_memory_total").await, 2);
 }

@@ -176,7 +176,7 @@ impl ChatServer {
         self.metrics.replays.inc();
         if let Some(frames) = self.recent.range(&room, since, upto) {
             self.metrics.replays_from_memory.inc();
-            return self.end_replay(who, Some(true), &room, frames);
+            return self.send_replay(who, &room, frames);
         }
         let store = self.store.clone();
         let range = HistoryRange {
@@ -194,14 +194,8 @@ impl ChatServer {
                         page.events.len()
                     );
                 }
-                let frames: Vec<ByteString> =
-                    page.events.iter().map(|e| e.to_json().into()).collect();
-                let bytes: usize = frames.iter().map(|f| f.len() + FRAME_OVERHEAD).sum();
-                if bytes > act.config.replay_max_bytes() {
-                    // Never partial: like a resume past REPLAY_LIMIT.
-                    return act.end_replay(who, Some(false), &room, Vec::new());
-                }
-                act.end_replay(who, Some(true), &room, frames);
+                let frames = page.events.iter().map(|e| e.to_json().into()).collect();
+                act.send_replay(who, &room, frames);
             }
             Err(e) => {
                 log::error!("replay read failed: {e}");
@@ -217,6 +211,17 @@ impl ChatServer {
                 );
             }
         }));
+    }
+
+    /// Ends a replay with the events read (from memory or the store), or
+    /// with none and `recovered: false` when they pass the byte cap: never
+    /// partial, like a resume past REPLAY_LIMIT.
+    fn send_replay(&mut self, who: Resumer, room: &RoomName, frames: Vec<ByteString>) {
+        let bytes: usize = frames.iter().map(|f| f.len() + FRAME_OVERHEAD).sum();
+        if bytes > self.config.replay_max_bytes() {
+            return self.end_replay(who, Some(false), room, Vec::new());
+        }
+        self.end_replay(who, Some(true), room, frames);
     }
 
     /// Sends the replayed events, then what was held, then the join's ack,
