@@ -117,7 +117,7 @@ impl ChatServer {
     }
 
     /// Hands every room's waiting events to its subscribers, then the replies.
-    fn flush(&mut self) {
+    pub(super) fn flush(&mut self) {
         for room in self.outbox.take_dirty() {
             self.flush_room(&room);
         }

@@ -233,6 +233,13 @@ impl ChatServer {
         room: &RoomName,
         events: Vec<ByteString>,
     ) {
+        // Inside a batch (a replay from memory ends in the commit that
+        // subscribed the joiner), the batch's events go out first, while the
+        // replay still holds them: those it sends are not sent twice, the
+        // later ones follow it.
+        if self.outbox.batching() {
+            self.flush();
+        }
         let Some(replay) = self.replays.finish(end.conn, room) else {
             return;
         };
