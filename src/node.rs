@@ -90,10 +90,9 @@ impl Node {
             open_connections: Arc::default(),
         });
 
-        let listener =
-            TcpListener::bind((config.host.as_str(), config.port)).with_context(|| {
-                format!("cannot listen on HOST={} PORT={}", config.host, config.port)
-            })?;
+        let listener = listen(&config.host, config.port).with_context(|| {
+            format!("cannot listen on HOST={} PORT={}", config.host, config.port)
+        })?;
         let addr = listener.local_addr()?;
         let user_timeout = config.tcp_user_timeout;
         let http = HttpServer::new(move || {
@@ -103,7 +102,6 @@ impl Node {
         })
         .workers(config.workers)
         .h1_write_buffer_size(config.write_buffer_bytes)
-        .backlog(4096)
         .max_connection_rate(2048)
         .max_connections(200_000)
         .on_connect(move |conn, _| {
@@ -213,4 +211,34 @@ pub async fn signal() {
     {
         let _ = tokio::signal::ctrl_c().await;
     }
+}
+
+/// Connections the kernel queues for accept: a resume storm reconnects a
+/// dead node's clients all at once. (`std`'s `TcpListener::bind` queues
+/// 128; past that the kernel drops the SYN, the client or nginx retries
+/// it only after a second, and nginx's `proxy_connect_timeout` then marks a
+/// live node down.) The kernel caps it at `net.core.somaxconn`.
+const LISTEN_BACKLOG: i32 = 4096;
+
+/// Listens on the first address `host:port` resolves to that can be bound.
+fn listen(host: &str, port: u16) -> std::io::Result<TcpListener> {
+    use socket2::{Domain, Protocol, Socket, Type};
+    use std::net::ToSocketAddrs;
+    let mut last = None;
+    for addr in (host, port).to_socket_addrs()? {
+        let bound = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))
+            .and_then(|socket| {
+                socket.set_reuse_address(true)?;
+                socket.bind(&addr.into())?;
+                socket.listen(LISTEN_BACKLOG)?;
+                Ok(socket)
+            });
+        match bound {
+            Ok(socket) => return Ok(socket.into()),
+            Err(e) => last = Some(e),
+        }
+    }
+    Err(last.unwrap_or_else(|| {
+        std::io::Error::new(std::io::ErrorKind::AddrNotAvailable, "no address to listen on")
+    }))
 }
