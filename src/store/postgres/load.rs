@@ -12,6 +12,16 @@ use crate::store::{
     StateRow, StoreError,
 };
 
+/// An append touches a few rows of `rooms` and `room_members` by key, but
+/// the planner cannot see how many: its generic plans take the `unnest`
+/// arrays for 10 rows and, while those tables are small (a few thousand
+/// rows), scan them whole and hash-join, once per statement and batch; under
+/// steady appends the scans also walk the rows' dead versions. Off for the
+/// append's transaction only, the same statements use the primary keys (the
+/// plans and the measurements are in docs/benchmarks.md). Reads are not
+/// affected.
+const INDEX_PLANS: &str = "SET LOCAL enable_seqscan = off";
+
 /// Loads what `plan` needs for `batch`, locking the batch's rooms (in name
 /// order, so that two nodes' batches cannot deadlock) and inserting the rooms
 /// it may create.
@@ -28,7 +38,15 @@ pub(super) async fn load(
              ORDER BY name FOR UPDATE",
         )
         .await?;
-    for row in tx.query(&lock, &[&names(&keys.rooms)]).await? {
+    // Sent ahead of the lock on the same connection (pipelined, no extra
+    // round trip), so every statement of the append is planned with it.
+    let room_names = names(&keys.rooms);
+    let lock_params: Params<'_, 1> = [&room_names];
+    let (_, locked) = futures_util::try_join!(
+        tx.batch_execute(INDEX_PLANS),
+        tx.query(&lock, &lock_params)
+    )?;
+    for row in locked {
         loaded
             .rooms
             .insert(RoomName::trusted(row.try_get(0)?), room_row(&row, 1)?);
